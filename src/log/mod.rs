@@ -1,0 +1,855 @@
+//! The durable per-resource change log, on sled. The only module that names
+//! sled.
+//!
+//! [`Store`] keeps, per resource: its settings, an append-only log of events
+//! (event id → RFC 6902 patch), a snapshot of the document every
+//! `snapshot_every` events, and a horizon (the oldest point still served).
+//! [`Store::append`] returns only once its event is durable; readers never
+//! see an event that is not, so nothing read from here can be lost by a
+//! crash. Key layout: `keys`. Disk encodings: `codec`.
+
+mod codec;
+mod commit;
+mod ids;
+mod keys;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use serde_json::Value;
+use ulid::Ulid;
+
+use crate::diff;
+use crate::model::{Event, EventId, Point, ResourceId, ResourceRecord, ResourceSpec};
+
+/// Failures of the store. Expected outcomes (an unknown point, a compacted
+/// range) are values of the read functions, not errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an IO or corruption error.
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    /// A flush did not complete; the last append may not be durable.
+    #[error("flush failed: {0}")]
+    Flush(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt record at key {key:?}")]
+    Corrupt { key: String },
+    /// The data dir was written by an incompatible version of patchfeed.
+    #[error("data dir has storage format version {found}, this patchfeed reads version {expected}; use a matching patchfeed or a new data dir")]
+    Version { found: u32, expected: u32 },
+    /// The data dir holds a sled database that is not patchfeed's.
+    #[error("data dir is not a patchfeed store (no format version key)")]
+    Foreign,
+    /// The resource does not exist (or was deleted).
+    #[error("no such resource: {0}")]
+    NoSuchResource(ResourceId),
+    /// No event id greater than the last one exists.
+    #[error("event ids exhausted for resource {0}")]
+    IdsExhausted(ResourceId),
+    /// The stored events do not apply to the stored snapshot.
+    #[error("stored patch does not apply at {at}: {source}")]
+    BadPatch {
+        at: EventId,
+        source: diff::ApplyError,
+    },
+    /// Could not start the flush thread.
+    #[error("could not start flush thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The newest durable version of a resource's document.
+#[derive(Clone, Debug)]
+pub struct Head {
+    pub id: EventId,
+    pub doc: Arc<Value>,
+    /// `doc` as JSON text.
+    pub json: Bytes,
+}
+
+/// What [`Store::create`] did.
+#[derive(Debug)]
+pub enum Created {
+    New(ResourceRecord),
+    /// A resource with that id exists; nothing was changed.
+    Exists(ResourceRecord),
+}
+
+/// Answer of [`Store::read_after`].
+#[derive(Debug, PartialEq)]
+pub enum ReadAfter {
+    /// Events with id > the point, oldest first; fewer than `limit` means the
+    /// reader is at the head.
+    Events(Vec<Event>),
+    /// The point is older than the horizon: the events after it are not all
+    /// retained (or never belonged to this log).
+    BeforeHorizon { horizon: EventId },
+}
+
+/// Answer of [`Store::document_at`].
+#[derive(Debug, PartialEq)]
+pub enum At {
+    Found {
+        id: EventId,
+        doc: Arc<Value>,
+    },
+    /// The point is before the horizon of a compacted log.
+    Compacted {
+        horizon: EventId,
+    },
+    /// The point is before the first version (or there is none yet).
+    NotYet,
+}
+
+/// Answer of [`Store::history`].
+#[derive(Debug, PartialEq)]
+pub enum History {
+    Events {
+        events: Vec<Event>,
+        /// Cursor for the next page: pass it as `after`. `None` at the end.
+        next_after: Option<EventId>,
+    },
+    /// The interval starts before the horizon of a compacted log.
+    Compacted { horizon: EventId },
+}
+
+/// What [`Store::compact`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Compaction {
+    /// Nothing older than `retain` (or no `retain`).
+    Nothing,
+    Done {
+        horizon: EventId,
+        removed_events: u64,
+        removed_snapshots: u64,
+    },
+}
+
+/// Status of a resource's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogStatus {
+    pub last_event_id: Option<EventId>,
+    /// Oldest point served; the first event until compaction moves it.
+    pub horizon: Option<EventId>,
+    pub compacted: bool,
+}
+
+/// The change log. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tree: sled::Db,
+    resources: RwLock<HashMap<ResourceId, Arc<Entry>>>,
+    /// Serialises create/update/delete of resource records.
+    admin: Mutex<()>,
+    commit: commit::GroupCommit,
+}
+
+struct Entry {
+    rkey: u64,
+    record: RwLock<ResourceRecord>,
+    /// One append at a time per resource: ids and diffs chain.
+    append: tokio::sync::Mutex<()>,
+    /// One compaction at a time per resource.
+    compact: tokio::sync::Mutex<()>,
+    state: RwLock<State>,
+    deleted: AtomicBool,
+}
+
+#[derive(Clone, Default)]
+struct State {
+    /// Newest durable version; readers never look past `head.id`.
+    head: Option<Head>,
+    /// Highest id ever allocated, durable or not: the next id is above it.
+    allocated: Option<EventId>,
+    /// Events since the newest snapshot.
+    since_snapshot: u32,
+    horizon: Option<EventId>,
+    compacted: bool,
+}
+
+/// Most keys removed per sled batch while compacting or purging, so that no
+/// single batch holds the tree for long.
+const DELETE_CHUNK: usize = 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn corrupt(key: &[u8]) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, checks its format version and
+    /// rebuilds each resource's head from its newest snapshot and events.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        match db.get(keys::VERSION)? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| corrupt(keys::VERSION))?;
+                if found != codec::FORMAT_VERSION {
+                    return Err(StoreError::Version {
+                        found,
+                        expected: codec::FORMAT_VERSION,
+                    });
+                }
+            }
+            None if db.is_empty() => {
+                db.insert(keys::VERSION, &codec::FORMAT_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            None => return Err(StoreError::Foreign),
+        }
+
+        let mut resources = HashMap::new();
+        for kv in db.scan_prefix([keys::RESOURCE]) {
+            let (k, v) = kv?;
+            let (rkey, record) = codec::decode_resource(&v).ok_or_else(|| corrupt(&k))?;
+            let state = load_state(&db, rkey, &record.spec.id)?;
+            resources.insert(
+                record.spec.id.clone(),
+                Arc::new(Entry::new(rkey, record, state)),
+            );
+        }
+        let commit = commit::GroupCommit::start(db.clone())?;
+        let store = Store {
+            inner: Arc::new(Inner {
+                tree: db,
+                resources: RwLock::new(resources),
+                admin: Mutex::new(()),
+                commit,
+            }),
+        };
+        // Finish purges that a crash interrupted.
+        let pending: Vec<u64> = store
+            .inner
+            .tree
+            .scan_prefix([keys::TOMBSTONE])
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| keys::u64_value(&k[1..])))
+            .collect();
+        for rkey in pending {
+            store.purge(rkey)?;
+        }
+        Ok(store)
+    }
+
+    /// Flushes everything to disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.commit.durable().await.map_err(StoreError::Flush)
+    }
+
+    // ---- resources ----
+
+    /// Creates a resource, unless one with that id exists.
+    pub async fn create(&self, spec: ResourceSpec, now_ms: u64) -> Result<Created, StoreError> {
+        {
+            let _admin = lock(&self.inner.admin);
+            if let Some(e) = read(&self.inner.resources).get(&spec.id) {
+                return Ok(Created::Exists(read(&e.record).clone()));
+            }
+            self.insert_new(spec.clone(), now_ms)?;
+        }
+        self.flush().await?;
+        Ok(Created::New(self.resource(&spec.id).ok_or_else(|| {
+            StoreError::NoSuchResource(spec.id.clone())
+        })?))
+    }
+
+    /// Creates a resource, or updates the settings of an existing one
+    /// (keeping its log and creation time).
+    pub async fn put(&self, spec: ResourceSpec, now_ms: u64) -> Result<ResourceRecord, StoreError> {
+        {
+            let _admin = lock(&self.inner.admin);
+            let existing = read(&self.inner.resources).get(&spec.id).cloned();
+            match existing {
+                None => self.insert_new(spec.clone(), now_ms)?,
+                Some(e) => {
+                    let record = ResourceRecord {
+                        spec: spec.clone(),
+                        created_ms: read(&e.record).created_ms,
+                    };
+                    self.inner.tree.insert(
+                        keys::resource(&spec.id),
+                        codec::encode_resource(e.rkey, &record),
+                    )?;
+                    *write(&e.record) = record;
+                }
+            }
+        }
+        self.flush().await?;
+        self.resource(&spec.id)
+            .ok_or_else(|| StoreError::NoSuchResource(spec.id.clone()))
+    }
+
+    /// Caller holds `admin`.
+    fn insert_new(&self, spec: ResourceSpec, now_ms: u64) -> Result<(), StoreError> {
+        let tree = &self.inner.tree;
+        let rkey = match tree.get(keys::NEXT_RKEY)? {
+            Some(v) => keys::u64_value(&v).ok_or_else(|| corrupt(keys::NEXT_RKEY))?,
+            None => 1,
+        };
+        let record = ResourceRecord {
+            spec,
+            created_ms: now_ms,
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::NEXT_RKEY, &(rkey + 1).to_be_bytes());
+        batch.insert(
+            keys::resource(&record.spec.id),
+            codec::encode_resource(rkey, &record),
+        );
+        tree.apply_batch(batch)?;
+        let id = record.spec.id.clone();
+        write(&self.inner.resources)
+            .insert(id, Arc::new(Entry::new(rkey, record, State::default())));
+        Ok(())
+    }
+
+    /// Deletes a resource and, in the background, its events and snapshots.
+    /// Returns false if there was no such resource. Waits for an append in
+    /// flight to finish, so none lands after the delete.
+    pub async fn delete(&self, id: &ResourceId) -> Result<bool, StoreError> {
+        let Some(entry) = read(&self.inner.resources).get(id).cloned() else {
+            return Ok(false);
+        };
+        let _append = entry.append.lock().await;
+        {
+            let _admin = lock(&self.inner.admin);
+            if entry.deleted.swap(true, Ordering::SeqCst) {
+                return Ok(false);
+            }
+            let mut batch = sled::Batch::default();
+            batch.remove(keys::resource(id));
+            batch.insert(&keys::per_rkey(keys::TOMBSTONE, entry.rkey)[..], &[][..]);
+            self.inner.tree.apply_batch(batch)?;
+            write(&self.inner.resources).remove(id);
+        }
+        self.flush().await?;
+        let store = self.clone();
+        let rkey = entry.rkey;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.purge(rkey) {
+                tracing::warn!(rkey, error = %e, "purging a deleted resource failed; retried at next open");
+            }
+        });
+        Ok(true)
+    }
+
+    /// Removes every key of a deleted resource, then its tombstone.
+    fn purge(&self, rkey: u64) -> Result<(), StoreError> {
+        for tag in [keys::EVENT, keys::SNAPSHOT] {
+            self.remove_below(tag, rkey, None)?;
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(&keys::per_rkey(keys::HORIZON, rkey)[..]);
+        batch.remove(&keys::per_rkey(keys::TOMBSTONE, rkey)[..]);
+        self.inner.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Removes the `tag` entries of `rkey` with id < `below` (all if None),
+    /// in bounded batches. Returns how many were removed.
+    fn remove_below(&self, tag: u8, rkey: u64, below: Option<EventId>) -> Result<u64, StoreError> {
+        let tree = &self.inner.tree;
+        let start = keys::entry(tag, rkey, Ulid::nil());
+        let end = keys::entry(tag, rkey, below.map_or(Ulid::max(), |b| b.0));
+        let mut removed = 0u64;
+        loop {
+            let chunk: Vec<sled::IVec> = if below.is_some() {
+                tree.range(start..end)
+                    .keys()
+                    .take(DELETE_CHUNK)
+                    .collect::<Result<_, _>>()?
+            } else {
+                tree.range(start..=end)
+                    .keys()
+                    .take(DELETE_CHUNK)
+                    .collect::<Result<_, _>>()?
+            };
+            if chunk.is_empty() {
+                return Ok(removed);
+            }
+            let mut batch = sled::Batch::default();
+            for k in &chunk {
+                batch.remove(k);
+            }
+            tree.apply_batch(batch)?;
+            removed += chunk.len() as u64;
+        }
+    }
+
+    /// Every resource, ordered by id.
+    pub fn resources(&self) -> Vec<ResourceRecord> {
+        let mut v: Vec<ResourceRecord> = read(&self.inner.resources)
+            .values()
+            .map(|e| read(&e.record).clone())
+            .collect();
+        v.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        v
+    }
+
+    pub fn resource(&self, id: &ResourceId) -> Option<ResourceRecord> {
+        self.entry(id).ok().map(|e| read(&e.record).clone())
+    }
+
+    /// The newest durable document, if the resource has one.
+    pub fn head(&self, id: &ResourceId) -> Result<Option<Head>, StoreError> {
+        Ok(read(&self.entry(id)?.state).head.clone())
+    }
+
+    pub fn status(&self, id: &ResourceId) -> Result<LogStatus, StoreError> {
+        let e = self.entry(id)?;
+        let s = read(&e.state);
+        Ok(LogStatus {
+            last_event_id: s.head.as_ref().map(|h| h.id),
+            horizon: s.horizon,
+            compacted: s.compacted,
+        })
+    }
+
+    fn entry(&self, id: &ResourceId) -> Result<Arc<Entry>, StoreError> {
+        read(&self.inner.resources)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| StoreError::NoSuchResource(id.clone()))
+    }
+
+    // ---- the log ----
+
+    /// Diffs `doc` against the current document and, if they differ, appends
+    /// the patch as a new event (plus a snapshot every `snapshot_every`
+    /// events) atomically. Returns once the event is durable; `None` when
+    /// there was nothing to append. The first version is stored as a patch
+    /// that adds the whole document at the root.
+    pub async fn append(&self, id: &ResourceId, doc: Value) -> Result<Option<Event>, StoreError> {
+        self.append_at(id, doc, crate::model::now_ms()).await
+    }
+
+    /// [`Store::append`] with an explicit clock, for tests and replays.
+    pub async fn append_at(
+        &self,
+        id: &ResourceId,
+        doc: Value,
+        now_ms: u64,
+    ) -> Result<Option<Event>, StoreError> {
+        let entry = self.entry(id)?;
+        let _append = entry.append.lock().await;
+        if entry.deleted.load(Ordering::SeqCst) {
+            return Err(StoreError::NoSuchResource(id.clone()));
+        }
+        let state = read(&entry.state).clone();
+        let patch = match &state.head {
+            None => json_patch::Patch(vec![json_patch::PatchOperation::Add(
+                json_patch::AddOperation {
+                    path: json_patch::jsonptr::PointerBuf::root(),
+                    value: doc.clone(),
+                },
+            )]),
+            Some(h) => {
+                let p = diff::diff(&h.doc, &doc);
+                if p.0.is_empty() {
+                    return Ok(None);
+                }
+                p
+            }
+        };
+        // Serializing a Value (or a patch of Values) to a Vec cannot fail.
+        let patch_json = Bytes::from(serde_json::to_vec(&patch).expect("patch serializes"));
+        let doc_json = Bytes::from(serde_json::to_vec(&doc).expect("document serializes"));
+        let last = state.allocated.max(state.head.as_ref().map(|h| h.id));
+        let event_id =
+            ids::next(last, now_ms).ok_or_else(|| StoreError::IdsExhausted(id.clone()))?;
+        let snapshot_every = read(&entry.record).spec.snapshot_every.max(1);
+        let snapshot = state.head.is_none() || state.since_snapshot + 1 >= snapshot_every;
+
+        let ekey = keys::entry(keys::EVENT, entry.rkey, event_id.0);
+        let skey = keys::entry(keys::SNAPSHOT, entry.rkey, event_id.0);
+        let mut batch = sled::Batch::default();
+        batch.insert(&ekey[..], codec::encode_json(&patch_json));
+        if snapshot {
+            batch.insert(&skey[..], codec::encode_json(&doc_json));
+        }
+        write(&entry.state).allocated = Some(event_id);
+        self.inner.tree.apply_batch(batch)?;
+        if let Err(e) = self.inner.commit.durable().await {
+            // Not durable, never published: take it back so the log stays a
+            // chain of what readers saw. Best effort: the disk is failing.
+            let mut undo = sled::Batch::default();
+            undo.remove(&ekey[..]);
+            undo.remove(&skey[..]);
+            let _ = self.inner.tree.apply_batch(undo);
+            return Err(StoreError::Flush(e));
+        }
+        {
+            let mut s = write(&entry.state);
+            s.head = Some(Head {
+                id: event_id,
+                doc: Arc::new(doc),
+                json: doc_json,
+            });
+            s.since_snapshot = if snapshot { 0 } else { s.since_snapshot + 1 };
+            s.horizon.get_or_insert(event_id);
+        }
+        Ok(Some(Event {
+            id: event_id,
+            patch: patch_json,
+        }))
+    }
+
+    /// Up to `limit` events with id > `after`, oldest first, never past the
+    /// durable head.
+    pub fn read_after(
+        &self,
+        id: &ResourceId,
+        after: Ulid,
+        limit: usize,
+    ) -> Result<ReadAfter, StoreError> {
+        let entry = self.entry(id)?;
+        let s = read(&entry.state).clone();
+        let (Some(head), Some(horizon)) = (s.head, s.horizon) else {
+            return Ok(ReadAfter::Events(Vec::new()));
+        };
+        if after < horizon.0 {
+            return Ok(ReadAfter::BeforeHorizon { horizon });
+        }
+        if after >= head.id.0 || limit == 0 {
+            return Ok(ReadAfter::Events(Vec::new()));
+        }
+        let events = self.scan_events(entry.rkey, after, head.id.0, limit)?;
+        // A compaction may have moved the horizon past `after` meanwhile.
+        if let Some(h) = read(&entry.state).horizon {
+            if after < h.0 {
+                return Ok(ReadAfter::BeforeHorizon { horizon: h });
+            }
+        }
+        Ok(ReadAfter::Events(events))
+    }
+
+    /// Events in (after, upto], at most `limit`.
+    fn scan_events(
+        &self,
+        rkey: u64,
+        after: Ulid,
+        upto: Ulid,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let Ok(first) = Ulid::increment(&after) else {
+            return Ok(Vec::new());
+        };
+        let lo = keys::entry(keys::EVENT, rkey, first);
+        let hi = keys::entry(keys::EVENT, rkey, upto);
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for kv in self.inner.tree.range(lo..=hi).take(limit) {
+            let (k, v) = kv?;
+            let id = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
+            let patch = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
+            out.push(Event { id, patch });
+        }
+        Ok(out)
+    }
+
+    /// Whether `event` is a retained event of this resource.
+    pub fn contains(&self, id: &ResourceId, event: EventId) -> Result<bool, StoreError> {
+        let entry = self.entry(id)?;
+        let s = read(&entry.state).clone();
+        let retained = match (s.head, s.horizon) {
+            (Some(head), Some(h)) => h <= event && event <= head.id,
+            _ => false,
+        };
+        Ok(retained
+            && self
+                .inner
+                .tree
+                .contains_key(keys::entry(keys::EVENT, entry.rkey, event.0))?)
+    }
+
+    /// The document as of `point`: rebuilt from the nearest snapshot at or
+    /// before it plus the events after that snapshot up to the point.
+    pub fn document_at(&self, id: &ResourceId, point: Point) -> Result<At, StoreError> {
+        let entry = self.entry(id)?;
+        let s = read(&entry.state).clone();
+        let (Some(head), Some(horizon)) = (s.head, s.horizon) else {
+            return Ok(At::NotYet);
+        };
+        let bound = point.upper_bound();
+        if bound >= head.id.0 {
+            return Ok(At::Found {
+                id: head.id,
+                doc: head.doc,
+            });
+        }
+        let before_horizon = |h: EventId, compacted: bool| {
+            if compacted {
+                At::Compacted { horizon: h }
+            } else {
+                At::NotYet
+            }
+        };
+        if bound < horizon.0 {
+            return Ok(before_horizon(horizon, s.compacted));
+        }
+        let rebuilt = self.rebuild(entry.rkey, bound);
+        // A compaction may have moved the horizon past `bound` meanwhile.
+        let now = read(&entry.state).clone();
+        if let Some(h) = now.horizon {
+            if bound < h.0 {
+                return Ok(before_horizon(h, now.compacted));
+            }
+        }
+        let (id, doc) = rebuilt?.ok_or_else(|| StoreError::Corrupt {
+            key: format!("no snapshot at or before {bound} for rkey {}", entry.rkey),
+        })?;
+        Ok(At::Found {
+            id,
+            doc: Arc::new(doc),
+        })
+    }
+
+    /// The document after the last event ≤ `bound`, from the nearest snapshot.
+    fn rebuild(&self, rkey: u64, bound: Ulid) -> Result<Option<(EventId, Value)>, StoreError> {
+        rebuild(&self.inner.tree, rkey, bound)
+    }
+
+    /// Events in (after, before], oldest first, at most `limit`, with a
+    /// cursor for the next page.
+    pub fn history(
+        &self,
+        id: &ResourceId,
+        after: Option<Point>,
+        before: Option<Point>,
+        limit: usize,
+    ) -> Result<History, StoreError> {
+        let entry = self.entry(id)?;
+        let s = read(&entry.state).clone();
+        let (Some(head), Some(horizon)) = (s.head, s.horizon) else {
+            return Ok(History::Events {
+                events: Vec::new(),
+                next_after: None,
+            });
+        };
+        let lo = after.map_or(Ulid::nil(), Point::upper_bound);
+        if s.compacted && after.is_some() && lo < horizon.0 {
+            return Ok(History::Compacted { horizon });
+        }
+        // Without `after`, start at the oldest retained event (inclusive).
+        let lo = if after.is_none() {
+            Ulid(horizon.0 .0.saturating_sub(1))
+        } else {
+            lo
+        };
+        let hi = before.map_or(head.id.0, |b| b.upper_bound().min(head.id.0));
+        if hi <= lo || limit == 0 {
+            return Ok(History::Events {
+                events: Vec::new(),
+                next_after: None,
+            });
+        }
+        let mut events = self.scan_events(entry.rkey, lo, hi, limit.saturating_add(1))?;
+        // A compaction may have moved the horizon meanwhile: an explicit
+        // interval that now starts below it is gone; an open one starts at it.
+        let now = read(&entry.state).clone();
+        if let Some(h) = now.horizon.filter(|_| now.compacted) {
+            if after.is_some() && lo < h.0 {
+                return Ok(History::Compacted { horizon: h });
+            }
+            events.retain(|e| e.id >= h);
+        }
+        let next_after = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(History::Events { events, next_after })
+    }
+
+    /// Drops events and snapshots older than the resource's `retain`, as of
+    /// `now_ms`. The document at the newest event older than the cutoff is
+    /// stored as a snapshot and becomes the horizon, so the newest snapshot
+    /// is never lost and every retained point stays rebuildable.
+    pub async fn compact(&self, id: &ResourceId, now_ms: u64) -> Result<Compaction, StoreError> {
+        let entry = self.entry(id)?;
+        let _compact = entry.compact.lock().await;
+        let Some(retain) = read(&entry.record).spec.retain else {
+            return Ok(Compaction::Nothing);
+        };
+        let s = read(&entry.state).clone();
+        let (Some(head), Some(horizon)) = (s.head, s.horizon) else {
+            return Ok(Compaction::Nothing);
+        };
+        let retain_ms = u64::try_from(retain.as_millis()).unwrap_or(u64::MAX);
+        let cutoff = Point::Time(now_ms.saturating_sub(retain_ms)).upper_bound();
+        let lo = keys::entry(keys::EVENT, entry.rkey, horizon.0);
+        let hi = keys::entry(keys::EVENT, entry.rkey, cutoff.min(head.id.0));
+        let Some(kv) = self.inner.tree.range(lo..=hi).next_back() else {
+            return Ok(Compaction::Nothing);
+        };
+        let (k, _) = kv?;
+        let new_horizon = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
+        if new_horizon <= horizon {
+            return Ok(Compaction::Nothing);
+        }
+        let (at, doc) = self
+            .rebuild(entry.rkey, new_horizon.0)?
+            .ok_or_else(|| corrupt(&k))?;
+        debug_assert_eq!(at, new_horizon);
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            &keys::entry(keys::SNAPSHOT, entry.rkey, new_horizon.0)[..],
+            codec::encode_json(&serde_json::to_vec(&doc).expect("document serializes")),
+        );
+        batch.insert(
+            &keys::per_rkey(keys::HORIZON, entry.rkey)[..],
+            &new_horizon.to_bytes()[..],
+        );
+        self.inner.tree.apply_batch(batch)?;
+        self.flush().await?;
+        {
+            let mut st = write(&entry.state);
+            st.horizon = Some(new_horizon);
+            st.compacted = true;
+        }
+        // Readers now refuse points below the new horizon, so the old keys
+        // can go. A crash here leaves unreachable keys that the next
+        // compaction removes.
+        let mut removed_events = 0;
+        let mut removed_snapshots = 0;
+        for (tag, count) in [
+            (keys::EVENT, &mut removed_events),
+            (keys::SNAPSHOT, &mut removed_snapshots),
+        ] {
+            *count = self.remove_below(tag, entry.rkey, Some(new_horizon))?;
+            tokio::task::yield_now().await;
+        }
+        Ok(Compaction::Done {
+            horizon: new_horizon,
+            removed_events,
+            removed_snapshots,
+        })
+    }
+}
+
+impl Entry {
+    fn new(rkey: u64, record: ResourceRecord, state: State) -> Entry {
+        Entry {
+            rkey,
+            record: RwLock::new(record),
+            append: tokio::sync::Mutex::new(()),
+            compact: tokio::sync::Mutex::new(()),
+            state: RwLock::new(state),
+            deleted: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The document after the last event ≤ `bound`: the nearest snapshot at or
+/// before `bound`, plus the events after it.
+fn rebuild(
+    tree: &sled::Tree,
+    rkey: u64,
+    bound: Ulid,
+) -> Result<Option<(EventId, Value)>, StoreError> {
+    let lo = keys::entry(keys::SNAPSHOT, rkey, Ulid::nil());
+    let hi = keys::entry(keys::SNAPSHOT, rkey, bound);
+    let Some(kv) = tree.range(lo..=hi).next_back() else {
+        return Ok(None);
+    };
+    let (k, v) = kv?;
+    let mut id = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
+    let json = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
+    let mut doc: Value = serde_json::from_slice(&json).map_err(|_| corrupt(&k))?;
+    if let Ok(first) = id.0.increment() {
+        let lo = keys::entry(keys::EVENT, rkey, first);
+        let hi = keys::entry(keys::EVENT, rkey, bound);
+        if first <= bound {
+            for kv in tree.range(lo..=hi) {
+                let (k, v) = kv?;
+                let eid = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
+                let json = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
+                let patch: json_patch::Patch =
+                    serde_json::from_slice(&json).map_err(|_| corrupt(&k))?;
+                diff::apply(&mut doc, &patch.0)
+                    .map_err(|source| StoreError::BadPatch { at: eid, source })?;
+                id = eid;
+            }
+        }
+    }
+    Ok(Some((id, doc)))
+}
+
+/// Rebuilds a resource's in-memory state at open.
+fn load_state(tree: &sled::Tree, rkey: u64, id: &ResourceId) -> Result<State, StoreError> {
+    let eprefix = keys::entry_prefix(keys::EVENT, rkey);
+    let Some(last) = tree.scan_prefix(eprefix).keys().next_back() else {
+        return Ok(State::default());
+    };
+    let last = last?;
+    let last_id = keys::entry_id(&last).ok_or_else(|| corrupt(&last))?;
+    let (at, doc) = rebuild(tree, rkey, last_id.0)?.ok_or_else(|| StoreError::Corrupt {
+        key: format!("resource {id}: events but no snapshot"),
+    })?;
+    let (horizon, compacted) = match tree.get(keys::per_rkey(keys::HORIZON, rkey))? {
+        Some(v) => {
+            let b: [u8; 16] = v.as_ref().try_into().map_err(|_| corrupt(&v))?;
+            (EventId::from_bytes(b), true)
+        }
+        None => {
+            let first = tree
+                .scan_prefix(eprefix)
+                .keys()
+                .next()
+                .transpose()?
+                .ok_or_else(|| corrupt(&last))?;
+            (
+                keys::entry_id(&first).ok_or_else(|| corrupt(&first))?,
+                false,
+            )
+        }
+    };
+    let snap = tree
+        .scan_prefix(keys::entry_prefix(keys::SNAPSHOT, rkey))
+        .keys()
+        .next_back()
+        .transpose()?
+        .and_then(|k| keys::entry_id(&k));
+    let since_snapshot = match snap.and_then(|s| s.0.increment().ok()) {
+        Some(first) if first <= last_id.0 => tree
+            .range(
+                keys::entry(keys::EVENT, rkey, first)..=keys::entry(keys::EVENT, rkey, last_id.0),
+            )
+            .count(),
+        _ => 0,
+    };
+    let json = Bytes::from(serde_json::to_vec(&doc).expect("document serializes"));
+    Ok(State {
+        head: Some(Head {
+            id: at,
+            doc: Arc::new(doc),
+            json,
+        }),
+        allocated: Some(last_id),
+        since_snapshot: u32::try_from(since_snapshot).unwrap_or(u32::MAX),
+        horizon: Some(horizon),
+        compacted,
+    })
+}

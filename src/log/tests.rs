@@ -1,0 +1,441 @@
+//! Model-based tests of the log, after sled's `prop_tree_matches_btreemap`:
+//! random operations run against the real store and a plain in-memory model,
+//! across restarts, and every answer must agree.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+use super::*;
+
+fn spec(id: &str, snapshot_every: u32, retain: Option<Duration>) -> ResourceSpec {
+    ResourceSpec {
+        id: ResourceId::new(id).unwrap(),
+        url: "http://127.0.0.1:1/x".into(),
+        interval: Duration::from_secs(1),
+        headers: Default::default(),
+        snapshot_every,
+        retain,
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Small JSON documents that exercise the awkward parts of JSON Pointer and
+/// array diffs: keys with `/` and `~`, unicode, root arrays, type changes.
+fn arb_doc() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-5i64..5).prop_map(|n| json!(n)),
+        prop::sample::select(vec!["", "x", "ü", "a/b", "~1"]).prop_map(|s| json!(s)),
+    ];
+    let inner = leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::btree_map(
+                prop::sample::select(vec!["a", "b", "a/b", "c~d", "~", "é", ""]),
+                inner,
+                0..4
+            )
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+        ]
+    });
+    prop_oneof![
+        4 => inner.clone().prop_map(|v| json!({"root": v})),
+        1 => prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+        1 => inner,
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Append a document after advancing the clock by `dt` ms (may step back).
+    Append {
+        doc: Value,
+        dt: i64,
+    },
+    ReadAfter {
+        at: usize,
+        limit: usize,
+    },
+    DocumentAt {
+        at: usize,
+        by_time: bool,
+    },
+    History {
+        after: Option<usize>,
+        before: Option<usize>,
+        limit: usize,
+    },
+    Compact {
+        dt: u64,
+    },
+    Restart,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (arb_doc(), -3i64..20).prop_map(|(doc, dt)| Op::Append { doc, dt }),
+        2 => (any::<usize>(), 1usize..6).prop_map(|(at, limit)| Op::ReadAfter { at, limit }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(at, by_time)| Op::DocumentAt { at, by_time }),
+        1 => (any::<Option<usize>>(), any::<Option<usize>>(), 1usize..5)
+            .prop_map(|(after, before, limit)| Op::History { after, before, limit }),
+        1 => (0u64..60).prop_map(|dt| Op::Compact { dt }),
+        1 => Just(Op::Restart),
+    ]
+}
+
+/// The model: every version ever appended, and the index of the horizon.
+#[derive(Default)]
+struct Model {
+    versions: Vec<(EventId, Value)>,
+    horizon: usize,
+    compacted: bool,
+}
+
+fn apply_patch(doc: &mut Value, patch: &[u8]) {
+    let p: json_patch::Patch = serde_json::from_slice(patch).unwrap();
+    diff::apply(doc, &p.0).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn prop_log_matches_model(
+        ops in prop::collection::vec(arb_op(), 1..60),
+        snapshot_every in 1u32..5,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let id = ResourceId::new("r").unwrap();
+        const RETAIN_MS: u64 = 30;
+        let mut store = Store::open(dir.path()).unwrap();
+        rt.block_on(store.create(spec("r", snapshot_every, Some(Duration::from_millis(RETAIN_MS))), 0)).unwrap();
+        let mut m = Model::default();
+        let mut clock: i64 = 1_000_000;
+
+        for op in ops {
+            match op {
+                Op::Append { doc, dt } => {
+                    clock += dt;
+                    let got = rt.block_on(store.append_at(&id, doc.clone(), clock as u64)).unwrap();
+                    match m.versions.last() {
+                        Some((_, last)) if *last == doc => prop_assert!(got.is_none()),
+                        prev => {
+                            let e = got.expect("a change appends an event");
+                            if let Some((pid, pdoc)) = prev {
+                                prop_assert!(e.id > *pid);
+                                let mut d = pdoc.clone();
+                                apply_patch(&mut d, &e.patch);
+                                prop_assert_eq!(&d, &doc);
+                            }
+                            m.versions.push((e.id, doc));
+                        }
+                    }
+                }
+                Op::ReadAfter { at, limit } => {
+                    if m.versions.is_empty() { continue; }
+                    let i = at % m.versions.len();
+                    let p = m.versions[i].0;
+                    let got = store.read_after(&id, p.0, limit).unwrap();
+                    if i < m.horizon {
+                        prop_assert_eq!(got, ReadAfter::BeforeHorizon { horizon: m.versions[m.horizon].0 });
+                    } else {
+                        let ReadAfter::Events(evs) = got else { panic!("expected events") };
+                        let want: Vec<EventId> = m.versions[i + 1..].iter().take(limit).map(|v| v.0).collect();
+                        prop_assert_eq!(evs.iter().map(|e| e.id).collect::<Vec<_>>(), want);
+                        let mut d = m.versions[i].1.clone();
+                        for (k, e) in evs.iter().enumerate() {
+                            apply_patch(&mut d, &e.patch);
+                            prop_assert_eq!(&d, &m.versions[i + 1 + k].1);
+                        }
+                    }
+                }
+                Op::DocumentAt { at, by_time } => {
+                    if m.versions.is_empty() {
+                        prop_assert_eq!(store.document_at(&id, Point::Time(u64::MAX >> 16)).unwrap(), At::NotYet);
+                        continue;
+                    }
+                    let i = at % m.versions.len();
+                    let (point, want_idx) = if by_time {
+                        // As of an instant: the last version whose time ≤ it.
+                        let t = m.versions[i].0.time_ms();
+                        let j = m.versions.iter().rposition(|v| v.0.time_ms() <= t).unwrap();
+                        (Point::Time(t), j)
+                    } else {
+                        (Point::Id(m.versions[i].0 .0), i)
+                    };
+                    let got = store.document_at(&id, point).unwrap();
+                    if want_idx < m.horizon {
+                        let h = m.versions[m.horizon].0;
+                        prop_assert_eq!(got, if m.compacted { At::Compacted { horizon: h } } else { At::NotYet });
+                    } else {
+                        let (wid, wdoc) = &m.versions[want_idx];
+                        prop_assert_eq!(got, At::Found { id: *wid, doc: Arc::new(wdoc.clone()) });
+                    }
+                }
+                Op::History { after, before, limit } => {
+                    let n = m.versions.len();
+                    let after = after.filter(|_| n > 0).map(|a| a % n);
+                    let before = before.filter(|_| n > 0).map(|b| b % n);
+                    let res = store.history(&id, after.map(|a| Point::Id(m.versions[a].0 .0)), before.map(|b| Point::Id(m.versions[b].0 .0)), limit).unwrap();
+                    if m.compacted && after.is_some_and(|a| a < m.horizon) {
+                        prop_assert_eq!(res, History::Compacted { horizon: m.versions[m.horizon].0 });
+                        continue;
+                    }
+                    let lo = after.map_or(m.horizon, |a| (a + 1).max(m.horizon));
+                    let hi = before.map_or(n, |b| b + 1);
+                    let want: Vec<EventId> = if lo < hi { m.versions[lo..hi].iter().map(|v| v.0).collect() } else { vec![] };
+                    // Follow the cursor to the end.
+                    let mut got = Vec::new();
+                    let mut res = res;
+                    loop {
+                        let History::Events { events, next_after } = res else { panic!("expected events") };
+                        prop_assert!(events.len() <= limit);
+                        got.extend(events.iter().map(|e| e.id));
+                        match next_after {
+                            None => break,
+                            Some(c) => {
+                                prop_assert_eq!(Some(c), got.last().copied());
+                                res = store.history(&id, Some(Point::Id(c.0)), before.map(|b| Point::Id(m.versions[b].0 .0)), limit).unwrap();
+                            }
+                        }
+                    }
+                    prop_assert_eq!(got, want);
+                }
+                Op::Compact { dt } => {
+                    clock += dt as i64;
+                    let got = rt.block_on(store.compact(&id, clock as u64)).unwrap();
+                    let cutoff = (clock as u64).saturating_sub(RETAIN_MS);
+                    let cand = m.versions.iter().rposition(|v| v.0.time_ms() <= cutoff);
+                    match cand {
+                        Some(j) if j > m.horizon => {
+                            let Compaction::Done { horizon, .. } = got else { panic!("expected compaction to {j}, got {got:?}") };
+                            prop_assert_eq!(horizon, m.versions[j].0);
+                            m.horizon = j;
+                            m.compacted = true;
+                        }
+                        _ => prop_assert_eq!(got, Compaction::Nothing),
+                    }
+                }
+                Op::Restart => {
+                    drop(store);
+                    store = Store::open(dir.path()).unwrap();
+                }
+            }
+            // Invariants after every op.
+            let st = store.status(&id).unwrap();
+            prop_assert_eq!(st.last_event_id, m.versions.last().map(|v| v.0));
+            prop_assert_eq!(st.horizon, m.versions.get(m.horizon).map(|v| v.0));
+            prop_assert_eq!(st.compacted, m.compacted);
+            if let Some((_, last)) = m.versions.last() {
+                prop_assert_eq!(&*store.head(&id).unwrap().unwrap().doc, last);
+            }
+        }
+    }
+
+    /// For any sequence of documents: `document_at(id_i) == doc_i` for every
+    /// i, and replaying `read_after(p)` onto `document_at(p)` gives the
+    /// current document, for every point p.
+    #[test]
+    fn prop_time_travel_and_replay(docs in prop::collection::vec(arb_doc(), 1..25), snapshot_every in 1u32..6) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = rt();
+        let id = ResourceId::new("r").unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        rt.block_on(store.create(spec("r", snapshot_every, None), 0)).unwrap();
+        let mut versions: Vec<(EventId, Value)> = Vec::new();
+        for d in docs {
+            if let Some(e) = rt.block_on(store.append(&id, d.clone())).unwrap() {
+                versions.push((e.id, d));
+            }
+        }
+        let current = versions.last().unwrap().1.clone();
+        for (vid, vdoc) in &versions {
+            let At::Found { id: got_id, doc } = store.document_at(&id, Point::Id(vid.0)).unwrap() else { panic!() };
+            prop_assert_eq!(got_id, *vid);
+            prop_assert_eq!(&*doc, vdoc);
+            let mut d = (*doc).clone();
+            let mut after = vid.0;
+            loop {
+                let ReadAfter::Events(evs) = store.read_after(&id, after, 2).unwrap() else { panic!() };
+                if evs.is_empty() { break; }
+                for e in &evs { apply_patch(&mut d, &e.patch); after = e.id.0; }
+            }
+            prop_assert_eq!(&d, &current);
+        }
+    }
+}
+
+#[tokio::test]
+async fn snapshots_bound_the_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = ResourceId::new("r").unwrap();
+    store.create(spec("r", 10, None), 0).await.unwrap();
+    for i in 0..35 {
+        store.append(&id, json!({ "n": i })).await.unwrap();
+    }
+    let snaps = store
+        .inner
+        .tree
+        .scan_prefix(keys::entry_prefix(keys::SNAPSHOT, 1))
+        .count();
+    // The first version, then one every 10 events: after events 1, 11, 21, 31.
+    assert_eq!(snaps, 4);
+}
+
+#[tokio::test]
+async fn delete_removes_everything_and_a_new_resource_starts_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = ResourceId::new("r").unwrap();
+    store.create(spec("r", 2, None), 0).await.unwrap();
+    let mut old = Vec::new();
+    for i in 0..10 {
+        old.push(store.append(&id, json!([i])).await.unwrap().unwrap().id);
+    }
+    assert!(store.delete(&id).await.unwrap());
+    assert!(!store.delete(&id).await.unwrap());
+    assert!(matches!(
+        store.append(&id, json!(1)).await,
+        Err(StoreError::NoSuchResource(_))
+    ));
+    // Purge runs in the background; wait for it, bounded.
+    for _ in 0..200 {
+        if store.inner.tree.scan_prefix([keys::EVENT]).count() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.inner.tree.scan_prefix([keys::EVENT]).count(), 0);
+    assert_eq!(store.inner.tree.scan_prefix([keys::SNAPSHOT]).count(), 0);
+    assert_eq!(store.inner.tree.scan_prefix([keys::TOMBSTONE]).count(), 0);
+
+    assert!(matches!(
+        store.create(spec("r", 2, None), 0).await.unwrap(),
+        Created::New(_)
+    ));
+    let e = store
+        .append(&id, json!({"fresh": true}))
+        .await
+        .unwrap()
+        .unwrap();
+    // An id from the deleted incarnation is before the new horizon.
+    assert_eq!(
+        store.read_after(&id, old[5].0, 10).unwrap(),
+        ReadAfter::BeforeHorizon { horizon: e.id }
+    );
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.resources().len(), 1);
+    assert_eq!(store.status(&id).unwrap().last_event_id, Some(e.id));
+}
+
+#[tokio::test]
+async fn create_put_and_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(
+        store.create(spec("b", 5, None), 7).await.unwrap(),
+        Created::New(_)
+    ));
+    assert!(
+        matches!(store.create(spec("b", 9, None), 8).await.unwrap(), Created::Exists(r) if r.spec.snapshot_every == 5)
+    );
+    let mut s = spec("b", 9, Some(Duration::from_secs(60)));
+    s.headers.insert("Authorization".into(), "Bearer x".into());
+    let r = store.put(s.clone(), 9).await.unwrap();
+    assert_eq!(r.created_ms, 7);
+    assert_eq!(r.spec, s);
+    store.put(spec("a", 1, None), 10).await.unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let ids: Vec<_> = store
+        .resources()
+        .into_iter()
+        .map(|r| r.spec.id.to_string())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(
+        store.resource(&ResourceId::new("b").unwrap()).unwrap().spec,
+        s
+    );
+}
+
+#[test]
+fn refuses_other_format_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert(keys::VERSION, &99u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let err = Store::open(dir.path()).err().unwrap();
+    assert!(
+        matches!(
+            err,
+            StoreError::Version {
+                found: 99,
+                expected: 1
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("version 99"));
+
+    let foreign = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(foreign.path()).unwrap();
+        db.insert(b"hello", b"world").unwrap();
+        db.flush().unwrap();
+    }
+    assert!(matches!(
+        Store::open(foreign.path()),
+        Err(StoreError::Foreign)
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_appends_share_flushes_and_stay_ordered() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut tasks = Vec::new();
+    for r in 0..20 {
+        let name = format!("r{r}");
+        store.create(spec(&name, 3, None), 0).await.unwrap();
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = ResourceId::new(&name).unwrap();
+            let mut ids = Vec::new();
+            for i in 0..25 {
+                ids.push(
+                    store
+                        .append(&id, json!({ "i": i }))
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .id,
+                );
+            }
+            (id, ids)
+        }));
+    }
+    for t in tasks {
+        let (id, ids) = t.await.unwrap();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let ReadAfter::Events(evs) = store.read_after(&id, ids[0].0, 100).unwrap() else {
+            panic!()
+        };
+        assert_eq!(evs.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..]);
+    }
+}

@@ -1,0 +1,351 @@
+//! Domain types shared by every layer: resource ids, event ids, points in
+//! time, events and resource settings.
+//!
+//! Pure: no IO, no async, no sled. Wire formats (JSON bodies, SSE frames) live
+//! in `api`/`sse`; disk formats live in `log::codec`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use ulid::Ulid;
+
+/// Largest millisecond timestamp a ULID can carry (48 bits).
+pub const MAX_ULID_MS: u64 = (1 << 48) - 1;
+/// Mask of a ULID's 80 random bits.
+const RANDOM_MASK: u128 = (1 << 80) - 1;
+
+/// A resource id: `[A-Za-z0-9._-]{1,128}`, and never `.` or `..`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceId(String);
+
+/// Why a string is not a valid [`ResourceId`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResourceIdError {
+    /// Empty, or longer than 128 bytes.
+    #[error("resource id must be 1 to 128 characters long")]
+    Length,
+    /// A character outside `[A-Za-z0-9._-]`.
+    #[error("resource id may only contain A-Z, a-z, 0-9, '.', '_' and '-'")]
+    Charset,
+    /// `.` or `..`, which would be path tricks in URLs.
+    #[error("resource id may not be '.' or '..'")]
+    Dots,
+}
+
+impl ResourceId {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn new(s: &str) -> Result<ResourceId, ResourceIdError> {
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(ResourceIdError::Length);
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(ResourceIdError::Charset);
+        }
+        if s == "." || s == ".." {
+            return Err(ResourceIdError::Dots);
+        }
+        Ok(ResourceId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for ResourceId {
+    type Err = ResourceIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ResourceId::new(s)
+    }
+}
+
+/// An event id: a ULID whose time part is when the change was detected.
+/// Strictly increasing within a resource, across restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(pub Ulid);
+
+impl EventId {
+    /// Milliseconds since the Unix epoch at which the change was detected.
+    pub fn time_ms(self) -> u64 {
+        self.0.timestamp_ms()
+    }
+
+    /// The event's time as RFC 3339 with milliseconds, in UTC.
+    pub fn time_rfc3339(self) -> String {
+        format_rfc3339_ms(self.time_ms())
+    }
+
+    /// The smallest id strictly greater than `self`, if any.
+    pub fn successor(self) -> Option<EventId> {
+        self.0.increment().ok().map(EventId)
+    }
+
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_bytes()
+    }
+
+    pub fn from_bytes(b: [u8; 16]) -> EventId {
+        EventId(Ulid::from_bytes(b))
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; ulid::ULID_LEN];
+        f.write_str(self.0.array_to_str(&mut buf))
+    }
+}
+
+/// Formats Unix milliseconds as RFC 3339 UTC with exactly three fractional
+/// digits, e.g. `2026-11-22T10:00:00.123Z`.
+pub fn format_rfc3339_ms(ms: u64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    match OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        // Unreachable for 48-bit millisecond values; keep a total function.
+        Err(_) => ms.to_string(),
+    }
+}
+
+/// Milliseconds since the Unix epoch, now (wall clock).
+pub fn now_ms() -> u64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(d.as_millis()).unwrap_or(MAX_ULID_MS)
+}
+
+/// A point in a resource's history: an id (event id or any ULID) or an
+/// instant. "As of T" includes every event whose id is ≤ T (for an id) or
+/// whose time is ≤ T (for an instant).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Point {
+    Id(Ulid),
+    /// Unix milliseconds, clamped to the range a ULID can carry.
+    Time(u64),
+}
+
+/// Why a string is not a [`Point`]. Carries the offending value so that a
+/// 400 can name it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{value:?} is not a point in time: expected a ULID (26 characters), an RFC 3339 timestamp or Unix milliseconds")]
+pub struct PointError {
+    pub value: String,
+}
+
+/// Longest input [`Point::parse`] will look at; anything longer is rejected
+/// without further work.
+const MAX_POINT_LEN: usize = 64;
+
+impl Point {
+    /// Parses a ULID (26 Crockford base32 characters), an RFC 3339 timestamp
+    /// (any offset) or a Unix time in milliseconds (ASCII digits).
+    pub fn parse(s: &str) -> Result<Point, PointError> {
+        let err = || PointError {
+            value: truncate_for_message(s),
+        };
+        let t = s.trim();
+        if t.is_empty() || t.len() > MAX_POINT_LEN {
+            return Err(err());
+        }
+        if t.len() == ulid::ULID_LEN {
+            if let Ok(u) = Ulid::from_string(t) {
+                return Ok(Point::Id(u));
+            }
+        }
+        if t.bytes().all(|b| b.is_ascii_digit()) {
+            // Too many digits for a u64 is still "a time far in the future".
+            let ms = t.parse::<u64>().unwrap_or(u64::MAX);
+            return Ok(Point::Time(ms.min(MAX_ULID_MS)));
+        }
+        let dt = OffsetDateTime::parse(t, &Rfc3339).map_err(|_| err())?;
+        let ms = dt.unix_timestamp_nanos().div_euclid(1_000_000);
+        let ms = u64::try_from(ms.max(0)).unwrap_or(MAX_ULID_MS);
+        Ok(Point::Time(ms.min(MAX_ULID_MS)))
+    }
+
+    /// The largest ULID included by this point: every event id ≤ this bound
+    /// is "as of" the point.
+    pub fn upper_bound(self) -> Ulid {
+        match self {
+            Point::Id(u) => u,
+            Point::Time(ms) => Ulid::from_parts(ms.min(MAX_ULID_MS), RANDOM_MASK),
+        }
+    }
+}
+
+impl FromStr for Point {
+    type Err = PointError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Point::parse(s)
+    }
+}
+
+fn truncate_for_message(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// One change to a resource: its id and its RFC 6902 patch as JSON text.
+/// The patch is kept as text so catch-up can send it without re-encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub id: EventId,
+    /// A JSON array of RFC 6902 operations, UTF-8 JSON text.
+    pub patch: Bytes,
+}
+
+/// Settings of a registered resource, as given by the config file or the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceSpec {
+    pub id: ResourceId,
+    pub url: String,
+    pub interval: Duration,
+    /// Headers sent to the upstream. May hold secrets: never shown by the API.
+    pub headers: BTreeMap<String, String>,
+    /// Patches between stored snapshots (≥ 1).
+    pub snapshot_every: u32,
+    /// History kept; `None` keeps everything.
+    pub retain: Option<Duration>,
+}
+
+impl ResourceSpec {
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+    pub const DEFAULT_SNAPSHOT_EVERY: u32 = 100;
+    pub const MAX_SNAPSHOT_EVERY: u32 = 100_000;
+    pub const DEFAULT_RETAIN: Duration = Duration::from_secs(7 * 24 * 3600);
+}
+
+/// A resource as stored: its settings plus when it was created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceRecord {
+    pub spec: ResourceSpec,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn resource_ids() {
+        assert!(ResourceId::new("btc-eur").is_ok());
+        assert!(ResourceId::new("a.b_c-D9").is_ok());
+        assert_eq!(ResourceId::new(""), Err(ResourceIdError::Length));
+        assert_eq!(
+            ResourceId::new(&"a".repeat(129)),
+            Err(ResourceIdError::Length)
+        );
+        assert!(ResourceId::new(&"a".repeat(128)).is_ok());
+        assert_eq!(ResourceId::new("a/b"), Err(ResourceIdError::Charset));
+        assert_eq!(ResourceId::new("a%2Fb"), Err(ResourceIdError::Charset));
+        assert_eq!(ResourceId::new("a\nb"), Err(ResourceIdError::Charset));
+        assert_eq!(ResourceId::new(".."), Err(ResourceIdError::Dots));
+        assert_eq!(ResourceId::new("."), Err(ResourceIdError::Dots));
+        assert!(ResourceId::new("...").is_ok());
+    }
+
+    #[test]
+    fn points() {
+        let u = Ulid::from_parts(1_700_000_000_000, 42);
+        assert_eq!(Point::parse(&u.to_string()), Ok(Point::Id(u)));
+        assert_eq!(
+            Point::parse("1700000000000"),
+            Ok(Point::Time(1_700_000_000_000))
+        );
+        assert_eq!(
+            Point::parse("2023-11-14T22:13:20Z"),
+            Ok(Point::Time(1_700_000_000_000))
+        );
+        assert_eq!(
+            Point::parse("2023-11-14T23:13:20.5+01:00"),
+            Ok(Point::Time(1_700_000_000_500))
+        );
+        assert_eq!(Point::parse("1969-01-01T00:00:00Z"), Ok(Point::Time(0)));
+        assert_eq!(
+            Point::parse("99999999999999999999999999999"),
+            Ok(Point::Time(MAX_ULID_MS))
+        );
+        for bad in [
+            "",
+            "abc",
+            "2023-13-01T00:00:00Z",
+            "-5",
+            "1.5",
+            &"9".repeat(100),
+        ] {
+            let e = Point::parse(bad).unwrap_err();
+            assert!(e.to_string().contains("not a point"), "{e}");
+        }
+    }
+
+    #[test]
+    fn time_bound_includes_whole_millisecond() {
+        let p = Point::Time(1000);
+        assert!(Ulid::from_parts(1000, RANDOM_MASK) <= p.upper_bound());
+        assert!(Ulid::from_parts(1001, 0) > p.upper_bound());
+    }
+
+    #[test]
+    fn rfc3339_ms() {
+        assert_eq!(
+            format_rfc3339_ms(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    proptest! {
+        #[test]
+        fn point_parse_never_panics(s in ".{0,80}") {
+            let _ = Point::parse(&s);
+        }
+
+        #[test]
+        fn ulid_points_round_trip(ms in 0u64..=MAX_ULID_MS, r in any::<u128>()) {
+            let u = Ulid::from_parts(ms, r & RANDOM_MASK);
+            prop_assert_eq!(Point::parse(&u.to_string()), Ok(Point::Id(u)));
+            prop_assert_eq!(EventId(u).to_string(), u.to_string());
+        }
+
+        #[test]
+        fn time_points_round_trip(ms in 0u64..=253_402_300_799_999u64) {
+            prop_assert_eq!(Point::parse(&ms.to_string()), Ok(Point::Time(ms)));
+            prop_assert_eq!(Point::parse(&format_rfc3339_ms(ms)), Ok(Point::Time(ms)));
+        }
+    }
+}
