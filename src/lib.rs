@@ -4,6 +4,16 @@
 //! - `model`: pure domain types (`ResourceId`, `EventId`, `Point`, `Event`).
 //! - `diff`: pure RFC 6902 diff/apply.
 //! - `log`: the durable per-resource change log; the only module naming sled.
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
 pub mod diff;
+pub mod hub;
 pub mod log;
+pub mod metrics;
 pub mod model;
+pub mod poll;
+pub mod registry;
+pub mod sse;

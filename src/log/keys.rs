@@ -69,6 +69,13 @@ pub(crate) fn u64_value(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
+/// The next ULID in key order, carrying from the random part into the
+/// time (`Ulid::increment` refuses to): `Ulid(T, MAX) + 1 = Ulid(T + 1, 0)`.
+/// `None` only past the very last ULID.
+pub(crate) fn succ(u: Ulid) -> Option<Ulid> {
+    u.0.checked_add(1).map(Ulid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,11 +153,38 @@ struct Inner {
     commit: commit::GroupCommit,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Leave nothing for sled's background writers, so the directory's
+        // lock is released as soon as the last handle goes.
+        let _ = self.tree.flush();
+    }
+}
+
+/// Opens sled, waiting a bounded time for the directory lock: sled's
+/// background writers may hold it for a moment after a `Store` in this
+/// process was dropped (a restart in place). Another live process keeps
+/// it, and gets the error after the wait.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return Ok(r?),
+        }
+    }
+}
+
 struct Entry {
     rkey: u64,
     record: RwLock<ResourceRecord>,
     /// One append at a time per resource: ids and diffs chain.
-    append: tokio::sync::Mutex<()>,
+    append: Arc<tokio::sync::Mutex<()>>,
     /// One compaction at a time per resource.
     compact: tokio::sync::Mutex<()>,
     state: RwLock<State>,
@@ -200,7 +227,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`, checks its format version and
     /// rebuilds each resource's head from its newest snapshot and events.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        let db = open_db(dir)?;
         match db.get(keys::VERSION)? {
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
@@ -452,8 +479,19 @@ impl Store {
         doc: Value,
         now_ms: u64,
     ) -> Result<Option<Event>, StoreError> {
+        Ok(self.append_chained(id, doc, now_ms).await?.map(|(e, _)| e))
+    }
+
+    /// [`Store::append_at`], also returning the id of the event before the
+    /// new one (read under the append lock), for the hub's prev-id chain.
+    pub async fn append_chained(
+        &self,
+        id: &ResourceId,
+        doc: Value,
+        now_ms: u64,
+    ) -> Result<Option<(Event, Option<EventId>)>, StoreError> {
         let entry = self.entry(id)?;
-        let _append = entry.append.lock().await;
+        let guard = entry.append.clone().lock_owned().await;
         if entry.deleted.load(Ordering::SeqCst) {
             return Err(StoreError::NoSuchResource(id.clone()));
         }
@@ -490,17 +528,22 @@ impl Store {
             batch.insert(&skey[..], codec::encode_json(&doc_json));
         }
         write(&entry.state).allocated = Some(event_id);
-        self.inner.tree.apply_batch(batch)?;
-        if let Err(e) = self.inner.commit.durable().await {
-            // Not durable, never published: take it back so the log stays a
-            // chain of what readers saw. Best effort: the disk is failing.
-            let mut undo = sled::Batch::default();
-            undo.remove(&ekey[..]);
-            undo.remove(&skey[..]);
-            let _ = self.inner.tree.apply_batch(undo);
-            return Err(StoreError::Flush(e));
-        }
-        {
+        // From here the log and the in-memory head must move together, so
+        // the commit runs in its own task: dropping this future (a cancelled
+        // caller) cannot stop it half-way. It holds the append lock.
+        let store = self.clone();
+        let commit = tokio::spawn(async move {
+            let _guard = guard;
+            store.inner.tree.apply_batch(batch)?;
+            if let Err(e) = store.inner.commit.durable().await {
+                // Not durable, never published: take it back so the log stays
+                // a chain of what readers saw. Best effort: the disk is failing.
+                let mut undo = sled::Batch::default();
+                undo.remove(&ekey[..]);
+                undo.remove(&skey[..]);
+                let _ = store.inner.tree.apply_batch(undo);
+                return Err(StoreError::Flush(e));
+            }
             let mut s = write(&entry.state);
             s.head = Some(Head {
                 id: event_id,
@@ -509,11 +552,19 @@ impl Store {
             });
             s.since_snapshot = if snapshot { 0 } else { s.since_snapshot + 1 };
             s.horizon.get_or_insert(event_id);
-        }
-        Ok(Some(Event {
-            id: event_id,
-            patch: patch_json,
-        }))
+            Ok(())
+        });
+        commit
+            .await
+            .map_err(|e| StoreError::Flush(format!("commit task failed: {e}")))??;
+        let prev = state.head.as_ref().map(|h| h.id);
+        Ok(Some((
+            Event {
+                id: event_id,
+                patch: patch_json,
+            },
+            prev,
+        )))
     }
 
     /// Up to `limit` events with id > `after`, oldest first, never past the
@@ -553,7 +604,7 @@ impl Store {
         upto: Ulid,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let Ok(first) = Ulid::increment(&after) else {
+        let Some(first) = keys::succ(after) else {
             return Ok(Vec::new());
         };
         let lo = keys::entry(keys::EVENT, rkey, first);
@@ -754,7 +805,7 @@ impl Entry {
         Entry {
             rkey,
             record: RwLock::new(record),
-            append: tokio::sync::Mutex::new(()),
+            append: Arc::new(tokio::sync::Mutex::new(())),
             compact: tokio::sync::Mutex::new(()),
             state: RwLock::new(state),
             deleted: AtomicBool::new(false),
@@ -778,7 +829,7 @@ fn rebuild(
     let mut id = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
     let json = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
     let mut doc: Value = serde_json::from_slice(&json).map_err(|_| corrupt(&k))?;
-    if let Ok(first) = id.0.increment() {
+    if let Some(first) = keys::succ(id.0) {
         let lo = keys::entry(keys::EVENT, rkey, first);
         let hi = keys::entry(keys::EVENT, rkey, bound);
         if first <= bound {
@@ -832,7 +883,7 @@ fn load_state(tree: &sled::Tree, rkey: u64, id: &ResourceId) -> Result<State, St
         .next_back()
         .transpose()?
         .and_then(|k| keys::entry_id(&k));
-    let since_snapshot = match snap.and_then(|s| s.0.increment().ok()) {
+    let since_snapshot = match snap.and_then(|s| keys::succ(s.0)) {
         Some(first) if first <= last_id.0 => tree
             .range(
                 keys::entry(keys::EVENT, rkey, first)..=keys::entry(keys::EVENT, rkey, last_id.0),

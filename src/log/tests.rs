@@ -309,9 +309,10 @@ async fn delete_removes_everything_and_a_new_resource_starts_clean() {
         store.append(&id, json!(1)).await,
         Err(StoreError::NoSuchResource(_))
     ));
-    // Purge runs in the background; wait for it, bounded.
-    for _ in 0..200 {
-        if store.inner.tree.scan_prefix([keys::EVENT]).count() == 0 {
+    // Purge runs in the background and removes the tombstone last; wait
+    // for it, bounded.
+    for _ in 0..300 {
+        if store.inner.tree.scan_prefix([keys::TOMBSTONE]).count() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -438,4 +439,35 @@ async fn concurrent_appends_share_flushes_and_stay_ordered() {
         };
         assert_eq!(evs.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..]);
     }
+}
+
+/// `?since=T` reads after `Ulid(T, MAX)`, the last id of T's millisecond:
+/// the next event is in a later millisecond, and must not be skipped
+/// (`Ulid::increment` returns an error at the end of a millisecond).
+#[tokio::test]
+async fn read_after_the_last_id_of_a_millisecond() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = ResourceId::new("r").unwrap();
+    store.create(spec("r", 10, None), 0).await.unwrap();
+    let a = store
+        .append_at(&id, json!({"n": 1}), 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = store
+        .append_at(&id, json!({"n": 2}), 1_001)
+        .await
+        .unwrap()
+        .unwrap();
+    let end_of_ms = crate::model::Point::Time(a.id.time_ms()).upper_bound();
+    match store.read_after(&id, end_of_ms, 10).unwrap() {
+        ReadAfter::Events(events) => {
+            assert_eq!(events.iter().map(|e| e.id).collect::<Vec<_>>(), vec![b.id])
+        }
+        other => panic!("expected events, got {other:?}"),
+    }
+    assert!(
+        matches!(store.document_at(&id, crate::model::Point::Time(1_000)).unwrap(), At::Found { doc, .. } if *doc == json!({"n": 1}))
+    );
 }

@@ -1,0 +1,109 @@
+//! Bearer-token access to `/v1` (and the streamdata route): a full token,
+//! and an optional read-only one. Tokens come from `Authorization: Bearer`,
+//! `?access_token=` or `?X-Sd-Token=` (browsers' EventSource cannot set
+//! headers). Compared in constant time; never logged.
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::AppState;
+
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    pub token: Option<String>,
+    pub read_token: Option<String>,
+}
+
+/// What a request may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    Full,
+    Read,
+}
+
+impl Auth {
+    pub fn enabled(&self) -> bool {
+        self.token.is_some() || self.read_token.is_some()
+    }
+
+    fn check(&self, presented: Option<&str>) -> Option<Access> {
+        let presented = presented?;
+        if self.token.as_deref().is_some_and(|t| ct_eq(t, presented)) {
+            return Some(Access::Full);
+        }
+        if self
+            .read_token
+            .as_deref()
+            .is_some_and(|t| ct_eq(t, presented))
+        {
+            return Some(Access::Read);
+        }
+        None
+    }
+}
+
+/// Constant-time equality: the time taken depends only on the lengths.
+fn ct_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The credential a request presents, if any.
+pub fn presented(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    let query = req.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "access_token" || k.eq_ignore_ascii_case("x-sd-token"))
+        .map(|(_, v)| v.into_owned())
+}
+
+pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let auth = &state.auth;
+    if !auth.enabled() {
+        return next.run(req).await;
+    }
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    match auth.check(presented(&req).as_deref()) {
+        Some(Access::Full) => next.run(req).await,
+        Some(Access::Read) if read_only => next.run(req).await,
+        Some(Access::Read) => ApiError::Forbidden.into_response(),
+        None => ApiError::Unauthorized.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq() {
+        assert!(ct_eq("abc", "abc"));
+        assert!(!ct_eq("abc", "abd"));
+        assert!(!ct_eq("abc", "abcd"));
+        assert!(ct_eq("", ""));
+    }
+
+    #[test]
+    fn levels() {
+        let a = Auth {
+            token: Some("w".into()),
+            read_token: Some("r".into()),
+        };
+        assert_eq!(a.check(Some("w")), Some(Access::Full));
+        assert_eq!(a.check(Some("r")), Some(Access::Read));
+        assert_eq!(a.check(Some("x")), None);
+        assert_eq!(a.check(None), None);
+    }
+}

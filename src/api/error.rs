@@ -1,0 +1,134 @@
+//! `ApiError`: the one place that knows status codes and the JSON error
+//! shape `{"error": {"code", "message"}}`. Internal causes are logged, never
+//! sent to clients.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::log::StoreError;
+use crate::model::EventId;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no resource with id {0:?}")]
+    ResourceNotFound(String),
+    #[error("no such path")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("a resource with id {0:?} already exists")]
+    ResourceExists(String),
+    /// Malformed request: the message names the bad value.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed body with a bad field.
+    #[error("{0}")]
+    InvalidResource(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("{point} is before the horizon {horizon}: that history was compacted away")]
+    Compacted { point: String, horizon: EventId },
+    #[error("{0} is before the first version of the document")]
+    NotYet(String),
+    #[error("missing or wrong token")]
+    Unauthorized,
+    #[error("this token may only read")]
+    Forbidden,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::ResourceNotFound(_) | ApiError::NotFound | ApiError::NotYet(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::ResourceExists(_) => StatusCode::CONFLICT,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidResource(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Compacted { .. } => StatusCode::GONE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable snake_case code: part of the public contract.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::ResourceNotFound(_) => "resource_not_found",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::ResourceExists(_) => "resource_exists",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidResource(_) => "invalid_resource",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::Compacted { .. } => "compacted",
+            ApiError::NotYet(_) => "not_yet",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// The JSON error body.
+pub fn body(code: &str, message: &str) -> String {
+    serde_json::json!({ "error": { "code": code, "message": message } }).to_string()
+}
+
+/// A JSON error response with any status.
+pub fn response(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut r = (status, body(code, message)).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = format!("{cause:#}"), "internal error");
+        }
+        let mut r = response(self.status(), self.code(), &self.to_string());
+        if matches!(self, ApiError::Unauthorized) {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoSuchResource(id) => ApiError::ResourceNotFound(id.to_string()),
+            e => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+/// Code and message for an error response produced outside our handlers
+/// (axum rejections, tower-http layers), by status.
+pub fn for_status(status: StatusCode) -> (&'static str, &'static str) {
+    match status.as_u16() {
+        400 => ("bad_request", "malformed request"),
+        401 => ("unauthorized", "missing or wrong token"),
+        403 => ("forbidden", "forbidden"),
+        404 => ("not_found", "no such path"),
+        405 => ("method_not_allowed", "method not allowed"),
+        408 => ("request_timeout", "the request took too long"),
+        413 => ("payload_too_large", "request body too large"),
+        415 => ("unsupported_media_type", "unsupported media type"),
+        422 => ("invalid_request", "the request is not valid"),
+        431 => ("headers_too_large", "request headers too large"),
+        503 => ("unavailable", "service unavailable"),
+        s if s >= 500 => ("internal", "internal error"),
+        _ => ("error", "request failed"),
+    }
+}

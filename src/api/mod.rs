@@ -1,0 +1,110 @@
+//! The HTTP API: `router()` assembles one router per resource noun, the
+//! tower layers (trace without query strings, body limit, timeout) and the
+//! JSON error shape for every error, including axum's and tower's own.
+
+mod auth;
+mod documents;
+pub mod error;
+mod events;
+mod ops;
+mod resources;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware;
+use axum::response::Response;
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use auth::Auth;
+pub use error::ApiError;
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::model::ResourceId;
+use crate::registry::Registry;
+use crate::sse;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<Auth>,
+    pub sse: sse::Ctx,
+}
+
+/// Limits applied by the router's layers.
+#[derive(Clone, Debug)]
+pub struct HttpLimits {
+    pub max_request_body: usize,
+    /// For producing a response; streams are not cut by it.
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: AppState, limits: &HttpLimits) -> Router {
+    let v1 = Router::new()
+        .merge(resources::router())
+        .merge(documents::router())
+        .merge(events::router())
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
+    Router::new()
+        .merge(ops::router())
+        .merge(v1)
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(middleware::map_response(json_errors))
+        .layer(RequestBodyLimitLayer::new(limits.max_request_body))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // The path only: query strings may carry access tokens.
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+        }))
+}
+
+/// Gives every error response the JSON shape, whoever produced it.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return resp;
+    }
+    let (code, message) = error::for_status(status);
+    let mut out = error::response(status, code, message);
+    for (k, v) in resp.headers() {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+/// A path's resource id, or a 400 naming it.
+pub(crate) fn resource_id(raw: &str) -> Result<ResourceId, ApiError> {
+    ResourceId::new(raw)
+        .map_err(|e| ApiError::BadRequest(format!("invalid resource id {raw:?}: {e}")))
+}
+
+/// Unknown resource → 404.
+pub(crate) fn known(state: &AppState, raw: &str) -> Result<ResourceId, ApiError> {
+    let id = resource_id(raw)?;
+    if state.registry.store().resource(&id).is_none() {
+        return Err(ApiError::ResourceNotFound(id.to_string()));
+    }
+    Ok(id)
+}

@@ -1,0 +1,491 @@
+//! The TOML configuration file: parsing, defaults and validation.
+//!
+//! The contract's keys (`listen`, `data_dir`, `allow_private_upstreams`,
+//! `token`, `[[resource]]`) plus our additions: `read_token`, `[limits]`
+//! and `[proxy]` (documented in docs/API.md). Unknown keys are errors, so a
+//! typo never silently falls back to a default. Every error names the key.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::{ResourceId, ResourceSpec};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Open client connections at once; beyond it, a JSON 503.
+    pub max_connections: usize,
+    pub max_request_body_bytes: usize,
+    pub upstream_max_body_bytes: usize,
+    pub upstream_timeout: Duration,
+    /// Deadline for non-streaming requests.
+    pub request_timeout: Duration,
+    /// Idle time before a `: keep-alive` comment.
+    pub keep_alive: Duration,
+    /// Events buffered per resource for live subscribers.
+    pub live_buffer: usize,
+    pub compact_every: Duration,
+    /// How long shutdown waits for connections to drain.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_request_body_bytes: 1 << 20,
+            upstream_max_body_bytes: 16 << 20,
+            upstream_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(15),
+            live_buffer: 1024,
+            compact_every: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[proxy]`: ad-hoc resources for unknown URLs on the streamdata route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProxyConfig {
+    pub enabled: bool,
+    pub interval: Duration,
+    /// An ad-hoc resource without subscribers for this long is removed.
+    pub idle: Duration,
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Ad-hoc resources at once; beyond it, new URLs get 503.
+    pub max_resources: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            enabled: false,
+            interval: Duration::from_secs(5),
+            idle: Duration::from_secs(300),
+            allowed_hosts: None,
+            max_resources: 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub allow_private_upstreams: bool,
+    pub token: Option<String>,
+    /// May subscribe and read, not create or delete.
+    pub read_token: Option<String>,
+    pub limits: Limits,
+    pub proxy: ProxyConfig,
+    pub resources: Vec<ResourceSpec>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./patchfeed-data"),
+            allow_private_upstreams: false,
+            token: None,
+            read_token: None,
+            limits: Limits::default(),
+            proxy: ProxyConfig::default(),
+            resources: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Toml(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Parses `retain`: a humantime duration, or `forever` (keep everything).
+pub fn parse_retain(s: &str) -> Result<Option<Duration>, String> {
+    if s.trim() == "forever" {
+        return Ok(None);
+    }
+    parse_duration(s).map(Some)
+}
+
+/// A humantime duration ("5s", "1h 30m", "250ms").
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration: {e}"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    allow_private_upstreams: Option<bool>,
+    token: Option<String>,
+    read_token: Option<String>,
+    limits: Option<RawLimits>,
+    proxy: Option<RawProxy>,
+    #[serde(default, rename = "resource")]
+    resources: Vec<RawResource>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_request_body_bytes: Option<usize>,
+    upstream_max_body_bytes: Option<usize>,
+    upstream_timeout: Option<String>,
+    request_timeout: Option<String>,
+    keep_alive: Option<String>,
+    live_buffer: Option<usize>,
+    compact_every: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawProxy {
+    enabled: Option<bool>,
+    interval: Option<String>,
+    idle: Option<String>,
+    allowed_hosts: Option<Vec<String>>,
+    max_resources: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    id: String,
+    url: String,
+    interval: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    snapshot_every: Option<u32>,
+    retain: Option<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Toml(m) => ConfigError::Toml(format!("{}: {m}", path.display())),
+            ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                key: format!("{}: {key}", path.display()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates a configuration file's text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Toml(e.to_string()))?;
+        let mut c = Config::default();
+        if let Some(l) = raw.listen {
+            c.listen = l.parse().map_err(|_| {
+                invalid(
+                    "listen",
+                    format!("{l:?} is not an address like 127.0.0.1:8080"),
+                )
+            })?;
+        }
+        if let Some(d) = raw.data_dir {
+            if d.as_os_str().is_empty() {
+                return Err(invalid("data_dir", "must not be empty"));
+            }
+            c.data_dir = d;
+        }
+        c.allow_private_upstreams = raw.allow_private_upstreams.unwrap_or(false);
+        c.token = check_token("token", raw.token)?;
+        c.read_token = check_token("read_token", raw.read_token)?;
+        if c.read_token.is_some() && c.token.is_none() {
+            return Err(invalid(
+                "read_token",
+                "needs `token` too (without it, everything is open)",
+            ));
+        }
+
+        let l = raw.limits.unwrap_or_default();
+        let d = Limits::default();
+        let dur =
+            |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => {
+                        let d =
+                            parse_duration(&s).map_err(|m| invalid(format!("limits.{key}"), m))?;
+                        if d.is_zero() {
+                            return Err(invalid(format!("limits.{key}"), "must be more than 0"));
+                        }
+                        Ok(d)
+                    }
+                }
+            };
+        let count = |key: &str, v: Option<usize>, default: usize| -> Result<usize, ConfigError> {
+            match v {
+                Some(0) => Err(invalid(format!("limits.{key}"), "must be more than 0")),
+                Some(n) => Ok(n),
+                None => Ok(default),
+            }
+        };
+        c.limits = Limits {
+            max_connections: count("max_connections", l.max_connections, d.max_connections)?,
+            max_request_body_bytes: count(
+                "max_request_body_bytes",
+                l.max_request_body_bytes,
+                d.max_request_body_bytes,
+            )?,
+            upstream_max_body_bytes: count(
+                "upstream_max_body_bytes",
+                l.upstream_max_body_bytes,
+                d.upstream_max_body_bytes,
+            )?,
+            upstream_timeout: dur("upstream_timeout", l.upstream_timeout, d.upstream_timeout)?,
+            request_timeout: dur("request_timeout", l.request_timeout, d.request_timeout)?,
+            keep_alive: dur("keep_alive", l.keep_alive, d.keep_alive)?,
+            live_buffer: count("live_buffer", l.live_buffer, d.live_buffer)?,
+            compact_every: dur("compact_every", l.compact_every, d.compact_every)?,
+            shutdown_grace: dur("shutdown_grace", l.shutdown_grace, d.shutdown_grace)?,
+        };
+        if c.limits.keep_alive > Duration::from_secs(15) {
+            return Err(invalid(
+                "limits.keep_alive",
+                "at most 15s (the contract's keep-alive bound)",
+            ));
+        }
+
+        let p = raw.proxy.unwrap_or_default();
+        let pd = ProxyConfig::default();
+        c.proxy = ProxyConfig {
+            enabled: p.enabled.unwrap_or(false),
+            interval: match p.interval {
+                None => pd.interval,
+                Some(s) => {
+                    let i = parse_duration(&s).map_err(|m| invalid("proxy.interval", m))?;
+                    if i < ResourceSpec::MIN_INTERVAL {
+                        return Err(invalid(
+                            "proxy.interval",
+                            format!("{s:?} is below the minimum of 100ms"),
+                        ));
+                    }
+                    i
+                }
+            },
+            idle: match p.idle {
+                None => pd.idle,
+                Some(s) => parse_duration(&s).map_err(|m| invalid("proxy.idle", m))?,
+            },
+            allowed_hosts: p.allowed_hosts,
+            max_resources: match p.max_resources {
+                Some(0) => return Err(invalid("proxy.max_resources", "must be more than 0")),
+                Some(n) => n,
+                None => pd.max_resources,
+            },
+        };
+
+        let mut seen = HashSet::new();
+        for (i, r) in raw.resources.into_iter().enumerate() {
+            let spec = resource(i, r)?;
+            if !seen.insert(spec.id.clone()) {
+                return Err(invalid(
+                    format!("resource[{i}].id"),
+                    format!("{} is defined twice", spec.id),
+                ));
+            }
+            c.resources.push(spec);
+        }
+        Ok(c)
+    }
+}
+
+fn check_token(key: &str, t: Option<String>) -> Result<Option<String>, ConfigError> {
+    match t {
+        Some(t) if t.is_empty() => Err(invalid(key, "must not be empty")),
+        Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err(invalid(key, "must be printable ASCII without spaces"))
+        }
+        t => Ok(t),
+    }
+}
+
+fn resource(i: usize, r: RawResource) -> Result<ResourceSpec, ConfigError> {
+    let key = |k: &str| format!("resource[{i}].{k}");
+    let id = ResourceId::new(&r.id).map_err(|e| invalid(key("id"), format!("{:?}: {e}", r.id)))?;
+    let url = reqwest::Url::parse(&r.url)
+        .map_err(|e| invalid(key("url"), format!("{:?}: {e}", r.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(
+            key("url"),
+            format!("{:?}: only http and https", r.url),
+        ));
+    }
+    let interval = match r.interval {
+        None => ResourceSpec::DEFAULT_INTERVAL,
+        Some(s) => {
+            let d = parse_duration(&s).map_err(|m| invalid(key("interval"), m))?;
+            if d < ResourceSpec::MIN_INTERVAL {
+                return Err(invalid(
+                    key("interval"),
+                    format!("{s:?} is below the minimum of 100ms"),
+                ));
+            }
+            d
+        }
+    };
+    let snapshot_every = r
+        .snapshot_every
+        .unwrap_or(ResourceSpec::DEFAULT_SNAPSHOT_EVERY);
+    if !(1..=ResourceSpec::MAX_SNAPSHOT_EVERY).contains(&snapshot_every) {
+        return Err(invalid(
+            key("snapshot_every"),
+            format!(
+                "{snapshot_every} is outside 1..={}",
+                ResourceSpec::MAX_SNAPSHOT_EVERY
+            ),
+        ));
+    }
+    for (k, v) in &r.headers {
+        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            return Err(invalid(
+                key("headers"),
+                format!("invalid header name {k:?}"),
+            ));
+        }
+        if reqwest::header::HeaderValue::from_str(v).is_err() {
+            return Err(invalid(
+                key("headers"),
+                format!("invalid value for header {k:?}"),
+            ));
+        }
+    }
+    let retain = match r.retain {
+        None => Some(ResourceSpec::DEFAULT_RETAIN),
+        Some(s) => parse_retain(&s).map_err(|m| invalid(key("retain"), m))?,
+    };
+    Ok(ResourceSpec {
+        id,
+        url: r.url,
+        interval,
+        headers: r.headers,
+        snapshot_every,
+        retain,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contract_example_parses() {
+        let c = Config::parse(
+            r#"
+            listen = "127.0.0.1:8080"
+            data_dir = "./patchfeed-data"
+            allow_private_upstreams = false
+
+            [[resource]]
+            id = "btc-eur"
+            url = "https://api.example.com/ticker/EUR"
+            interval = "5s"
+            headers = { Authorization = "Bearer x" }
+            snapshot_every = 100
+            retain = "7d"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.resources.len(), 1);
+        let r = &c.resources[0];
+        assert_eq!(r.id.as_str(), "btc-eur");
+        assert_eq!(r.interval, Duration::from_secs(5));
+        assert_eq!(r.retain, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(r.headers["Authorization"], "Bearer x");
+        assert_eq!(c.limits, Limits::default());
+        assert!(!c.proxy.enabled);
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn extensions_parse() {
+        let c = Config::parse(
+            r#"
+            token = "t0k"
+            read_token = "r3ad"
+            [limits]
+            max_connections = 50
+            upstream_timeout = "2s"
+            [proxy]
+            enabled = true
+            interval = "1s"
+            idle = "1m"
+            allowed_hosts = ["*.example.com"]
+            [[resource]]
+            id = "a"
+            url = "http://127.0.0.1:9/x"
+            retain = "forever"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections, 50);
+        assert_eq!(c.limits.upstream_timeout, Duration::from_secs(2));
+        assert!(c.proxy.enabled);
+        assert_eq!(c.proxy.idle, Duration::from_secs(60));
+        assert_eq!(c.resources[0].retain, None);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("lisen = \"x\"", "unknown field"),
+            ("listen = \"nope\"", "listen"),
+            ("[[resource]]\nid = \"a b\"\nurl = \"http://x/\"", "resource[0].id"),
+            ("[[resource]]\nid = \"a\"\nurl = \"ftp://x/\"", "resource[0].url"),
+            ("[[resource]]\nid = \"a\"\nurl = \"http://x/\"\ninterval = \"50ms\"", "resource[0].interval"),
+            ("[[resource]]\nid = \"a\"\nurl = \"http://x/\"\ninterval = \"soon\"", "resource[0].interval"),
+            ("[[resource]]\nid = \"a\"\nurl = \"http://x/\"\nsnapshot_every = 0", "resource[0].snapshot_every"),
+            ("[[resource]]\nid = \"a\"\nurl = \"http://x/\"\nretain = \"-1\"", "resource[0].retain"),
+            ("[[resource]]\nid = \"a\"\nurl = \"http://x/\"\n[[resource]]\nid = \"a\"\nurl = \"http://y/\"", "resource[1].id"),
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            ("[limits]\nkeep_alive = \"1m\"", "limits.keep_alive"),
+            ("read_token = \"x\"", "read_token"),
+            ("token = \"\"", "token"),
+            ("[proxy]\ninterval = \"1ms\"", "proxy.interval"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?} gave {e:?}, expected it to name {key}");
+        }
+    }
+
+    #[test]
+    fn retain_forms() {
+        assert_eq!(parse_retain("forever").unwrap(), None);
+        assert_eq!(parse_retain("1h").unwrap(), Some(Duration::from_secs(3600)));
+        assert!(parse_retain("a while").is_err());
+    }
+}

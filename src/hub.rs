@@ -1,0 +1,134 @@
+//! Live fan-out: one bounded broadcast channel per resource carrying events
+//! that are already durable, upstream-error notices, and the end of the
+//! resource.
+//!
+//! Each event travels with the id of the event before it (pushpin's
+//! prev-id), so a subscriber can tell whether it follows on from what it
+//! sent. Frames are encoded once per event and flavour and shared by every
+//! subscriber. The hub never waits: a subscriber that falls behind the
+//! channel's capacity sees `Lagged` and must go back to the log.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+
+use crate::model::{Event, EventId, ResourceId};
+
+/// An upstream failure as shown to clients (`event: error`, `last_error`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct UpstreamError {
+    /// Stable snake_case code, e.g. `upstream_status`.
+    pub code: String,
+    pub message: String,
+    /// The upstream's HTTP status, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// When it happened, Unix milliseconds.
+    #[serde(skip)]
+    pub time_ms: u64,
+}
+
+/// A durable event as published, with its encoded frames cached.
+#[derive(Debug)]
+pub struct Published {
+    pub event: Event,
+    /// The resource's previous event id; `None` for its first event.
+    pub prev: Option<EventId>,
+    frames: [OnceLock<Bytes>; 2],
+}
+
+impl Published {
+    pub fn new(event: Event, prev: Option<EventId>) -> Published {
+        Published {
+            event,
+            prev,
+            frames: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    /// The frame for flavour `slot`, encoded by `encode` on first use.
+    pub(crate) fn frame(&self, slot: usize, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.frames[slot]
+            .get_or_init(|| encode(&self.event))
+            .clone()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Notice {
+    Event(Arc<Published>),
+    Error(Arc<UpstreamError>),
+    /// The resource was deleted: streams end.
+    Deleted,
+}
+
+/// Per-resource channels. Channels are created on first use and removed
+/// when the resource is deleted.
+pub struct Hub {
+    capacity: usize,
+    channels: Mutex<HashMap<ResourceId, broadcast::Sender<Notice>>>,
+}
+
+impl Hub {
+    pub fn new(capacity: usize) -> Hub {
+        Hub {
+            capacity: capacity.max(1),
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn sender(&self, id: &ResourceId) -> broadcast::Sender<Notice> {
+        let mut ch = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        ch.entry(id.clone())
+            .or_insert_with(|| broadcast::channel(self.capacity).0)
+            .clone()
+    }
+
+    pub fn subscribe(&self, id: &ResourceId) -> broadcast::Receiver<Notice> {
+        self.sender(id).subscribe()
+    }
+
+    /// Publishes a durable event. Never blocks.
+    pub fn publish(&self, id: &ResourceId, event: Event, prev: Option<EventId>) {
+        let _ = self
+            .sender(id)
+            .send(Notice::Event(Arc::new(Published::new(event, prev))));
+    }
+
+    pub fn publish_error(&self, id: &ResourceId, err: UpstreamError) {
+        let _ = self.sender(id).send(Notice::Error(Arc::new(err)));
+    }
+
+    /// Ends every stream of `id` and forgets its channel.
+    pub fn close(&self, id: &ResourceId) {
+        let tx = self
+            .channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(tx) = tx {
+            let _ = tx.send(Notice::Deleted);
+        }
+    }
+
+    /// Open subscriptions to `id`.
+    pub fn subscribers(&self, id: &ResourceId) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map_or(0, |tx| tx.receiver_count())
+    }
+
+    /// Open subscriptions to all resources.
+    pub fn total_subscribers(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|tx| tx.receiver_count())
+            .sum()
+    }
+}

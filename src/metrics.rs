@@ -1,0 +1,143 @@
+//! Counters and gauges, rendered in the Prometheus text format by
+//! `GET /metrics`. Plain atomics: cheap enough for every poll and frame.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub polls_changed: AtomicU64,
+    pub polls_unchanged: AtomicU64,
+    pub polls_not_modified: AtomicU64,
+    pub polls_failed: AtomicU64,
+    pub events_appended: AtomicU64,
+    pub append_errors: AtomicU64,
+    pub sse_open: AtomicI64,
+    pub sse_opened: AtomicU64,
+    pub sse_frames: AtomicU64,
+    pub sse_catchup_events: AtomicU64,
+    pub sse_snapshots: AtomicU64,
+    pub sse_lagged: AtomicU64,
+    pub http_open: AtomicI64,
+    pub http_refused: AtomicU64,
+    pub compactions: AtomicU64,
+    pub compacted_events: AtomicU64,
+}
+
+/// Gauge values that live elsewhere, sampled at render time.
+pub struct Sampled {
+    pub resources: usize,
+    pub subscribers: usize,
+    pub resources_failing: usize,
+}
+
+impl Metrics {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn render(&self, s: &Sampled) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut counter = |name: &str, help: &str, labels: &[(&str, u64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (l, v) in labels {
+                if l.is_empty() {
+                    let _ = writeln!(out, "{name} {v}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{l}}} {v}");
+                }
+            }
+        };
+        let g = |c: &AtomicU64| c.load(Relaxed);
+        counter(
+            "patchfeed_polls_total",
+            "Upstream polls by outcome.",
+            &[
+                ("outcome=\"changed\"", g(&self.polls_changed)),
+                ("outcome=\"unchanged\"", g(&self.polls_unchanged)),
+                ("outcome=\"not_modified\"", g(&self.polls_not_modified)),
+                ("outcome=\"failed\"", g(&self.polls_failed)),
+            ],
+        );
+        counter(
+            "patchfeed_events_appended_total",
+            "Events made durable in the log.",
+            &[("", g(&self.events_appended))],
+        );
+        counter(
+            "patchfeed_append_errors_total",
+            "Appends that failed.",
+            &[("", g(&self.append_errors))],
+        );
+        counter(
+            "patchfeed_sse_streams_opened_total",
+            "Event streams opened.",
+            &[("", g(&self.sse_opened))],
+        );
+        counter(
+            "patchfeed_sse_frames_total",
+            "SSE chunks written (events, snapshots, errors, keep-alives).",
+            &[("", g(&self.sse_frames))],
+        );
+        counter(
+            "patchfeed_sse_catchup_events_total",
+            "Events served from the log (resume, lag).",
+            &[("", g(&self.sse_catchup_events))],
+        );
+        counter(
+            "patchfeed_sse_snapshots_total",
+            "Snapshots sent.",
+            &[("", g(&self.sse_snapshots))],
+        );
+        counter(
+            "patchfeed_sse_lagged_total",
+            "Times a subscriber fell behind the live buffer and went back to the log.",
+            &[("", g(&self.sse_lagged))],
+        );
+        counter(
+            "patchfeed_http_connections_refused_total",
+            "Connections refused over max_connections.",
+            &[("", g(&self.http_refused))],
+        );
+        counter(
+            "patchfeed_compactions_total",
+            "Compactions that removed history.",
+            &[("", g(&self.compactions))],
+        );
+        counter(
+            "patchfeed_compacted_events_total",
+            "Events removed by compaction.",
+            &[("", g(&self.compacted_events))],
+        );
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let n = |u: usize| i64::try_from(u).unwrap_or(i64::MAX);
+        gauge(
+            "patchfeed_resources",
+            "Registered resources.",
+            n(s.resources),
+        );
+        gauge(
+            "patchfeed_resources_failing",
+            "Resources whose upstream is failing.",
+            n(s.resources_failing),
+        );
+        gauge(
+            "patchfeed_subscribers",
+            "Live subscriptions across resources.",
+            n(s.subscribers),
+        );
+        gauge(
+            "patchfeed_sse_streams_open",
+            "Open event streams.",
+            self.sse_open.load(Relaxed),
+        );
+        gauge(
+            "patchfeed_http_connections_open",
+            "Open HTTP connections.",
+            self.http_open.load(Relaxed),
+        );
+        out
+    }
+}

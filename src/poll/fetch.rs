@@ -1,0 +1,380 @@
+//! One conditional GET of an upstream JSON document, bounded in every way.
+//!
+//! Sends the configured headers plus `If-None-Match` / `If-Modified-Since`
+//! when the last response gave validators; a 304 is `NotModified`. The whole
+//! exchange has a deadline (a server that hangs, or trickles its body, times
+//! out), the body has a size cap (checked on `Content-Length` and while
+//! reading), and must be JSON. Redirects are followed here, not by the
+//! client, so that every hop passes the upstream guard (see `guard`).
+//! Every failure is a `FetchError` with a stable `code()`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{StatusCode, Url};
+
+use super::guard::{self, GuardedResolver, ResolveError};
+
+#[derive(Clone, Debug)]
+pub struct FetchConfig {
+    /// Deadline for the whole exchange, body included.
+    pub timeout: Duration,
+    /// Largest body accepted, in bytes.
+    pub max_body: usize,
+    /// Lift the guard: loopback and private upstreams allowed.
+    pub allow_private: bool,
+    pub max_redirects: usize,
+    /// If set, only these hosts (exact, or `*.suffix`) may be fetched.
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            timeout: Duration::from_secs(10),
+            max_body: 16 << 20,
+            allow_private: false,
+            max_redirects: 5,
+            allowed_hosts: None,
+        }
+    }
+}
+
+/// Cache validators of the last successful response.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    fn from_headers(h: &HeaderMap) -> Validators {
+        let get = |name| {
+            h.get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .filter(|v| !v.is_empty() && v.len() <= 1024)
+                .map(str::to_owned)
+        };
+        Validators {
+            etag: get(header::ETAG),
+            last_modified: get(header::LAST_MODIFIED),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+#[derive(Debug)]
+pub enum Fetched {
+    /// 304: the document did not change.
+    NotModified,
+    Document {
+        doc: serde_json::Value,
+        validators: Validators,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("invalid upstream URL: {0}")]
+    InvalidUrl(String),
+    #[error("upstream refused by the guard: {0}")]
+    Blocked(String),
+    #[error("{0}")]
+    Dns(String),
+    #[error("cannot connect to the upstream: {0}")]
+    Connect(String),
+    #[error("the upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the upstream answered {status}")]
+    Status { status: StatusCode },
+    #[error("redirect not followed: {0}")]
+    Redirect(String),
+    #[error("the upstream body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the upstream did not send JSON: {0}")]
+    NotJson(String),
+    #[error("reading the upstream response failed: {0}")]
+    Body(String),
+}
+
+impl FetchError {
+    /// Stable, documented code for `event: error` and `last_error`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FetchError::InvalidUrl(_) => "invalid_url",
+            FetchError::Blocked(_) => "blocked",
+            FetchError::Dns(_) => "dns",
+            FetchError::Connect(_) => "connect",
+            FetchError::Timeout(_) => "timeout",
+            FetchError::Status { .. } => "upstream_status",
+            FetchError::Redirect(_) => "redirect",
+            FetchError::TooLarge { .. } => "too_large",
+            FetchError::NotJson(_) => "not_json",
+            FetchError::Body(_) => "body",
+        }
+    }
+
+    /// The upstream's HTTP status, when it sent one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            FetchError::Status { status } => Some(status.as_u16()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    config: FetchConfig,
+}
+
+impl Fetcher {
+    pub fn new(config: FetchConfig) -> Result<Fetcher, FetchError> {
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("patchfeed/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would connect for us to addresses the guard never saw.
+            .no_proxy()
+            .dns_resolver(GuardedResolver::shared(config.allow_private))
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(8)
+            .build()
+            .map_err(|e| FetchError::InvalidUrl(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Fetcher { client, config })
+    }
+
+    /// Checks a URL against everything known before connecting: syntax,
+    /// scheme (http/https only), credentials, `allowed_hosts`, IP literals.
+    pub fn check_url(&self, url: &str) -> Result<(), FetchError> {
+        self.parse_checked(url).map(|_| ())
+    }
+
+    fn parse_checked(&self, url: &str) -> Result<Url, FetchError> {
+        let parsed =
+            Url::parse(url).map_err(|e| FetchError::InvalidUrl(format!("{url:?}: {e}")))?;
+        self.check(&parsed)?;
+        Ok(parsed)
+    }
+
+    fn check(&self, url: &Url) -> Result<(), FetchError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(FetchError::InvalidUrl(format!(
+                "scheme {:?} is not http or https",
+                url.scheme()
+            )));
+        }
+        let Some(host) = url.host() else {
+            return Err(FetchError::InvalidUrl(format!("{url} has no host")));
+        };
+        if let Some(allowed) = &self.config.allowed_hosts {
+            let name = match host {
+                url::Host::Domain(d) => d.to_owned(),
+                url::Host::Ipv4(ip) => ip.to_string(),
+                url::Host::Ipv6(ip) => ip.to_string(),
+            };
+            if !guard::host_allowed(&name, allowed) {
+                return Err(FetchError::Blocked(format!(
+                    "host {name} is not in allowed_hosts"
+                )));
+            }
+        }
+        // The resolver is not asked about IP literals: check them here.
+        let literal = match host {
+            url::Host::Ipv4(ip) => Some(std::net::IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => Some(std::net::IpAddr::V6(ip)),
+            url::Host::Domain(_) => None,
+        };
+        if let (Some(ip), false) = (literal, self.config.allow_private) {
+            if let Some(why) = guard::refusal(ip) {
+                return Err(FetchError::Blocked(format!(
+                    "{ip} is a {why} address; set allow_private_upstreams = true to allow"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetches `url` once (following up to `max_redirects` redirects).
+    pub async fn fetch(
+        &self,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+        validators: &Validators,
+    ) -> Result<Fetched, FetchError> {
+        let deadline = tokio::time::Instant::now() + self.config.timeout;
+        match tokio::time::timeout_at(deadline, self.fetch_inner(url, headers, validators)).await {
+            Ok(r) => r,
+            Err(_) => Err(FetchError::Timeout(self.config.timeout)),
+        }
+    }
+
+    async fn fetch_inner(
+        &self,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+        validators: &Validators,
+    ) -> Result<Fetched, FetchError> {
+        let mut target = self.parse_checked(url)?;
+        let mut request_headers = HeaderMap::new();
+        for (k, v) in headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| FetchError::InvalidUrl(format!("invalid header name {k:?}")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| FetchError::InvalidUrl(format!("invalid value for header {k:?}")))?;
+            request_headers.append(name, value);
+        }
+        if !request_headers.contains_key(header::ACCEPT) {
+            request_headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        }
+        if let Some(etag) = validators
+            .etag
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            request_headers.insert(header::IF_NONE_MATCH, etag);
+        }
+        if let Some(lm) = validators
+            .last_modified
+            .as_deref()
+            .and_then(|v| HeaderValue::from_str(v).ok())
+        {
+            request_headers.insert(header::IF_MODIFIED_SINCE, lm);
+        }
+
+        let mut hops = 0usize;
+        let response = loop {
+            let response = self
+                .client
+                .get(target.clone())
+                .headers(request_headers.clone())
+                .send()
+                .await
+                .map_err(|e| self.classify(e))?;
+            if !response.status().is_redirection() || response.status() == StatusCode::NOT_MODIFIED
+            {
+                break response;
+            }
+            hops += 1;
+            if hops > self.config.max_redirects {
+                return Err(FetchError::Redirect(format!(
+                    "more than {} redirects (last to {})",
+                    self.config.max_redirects, target
+                )));
+            }
+            let Some(location) = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+            else {
+                return Err(FetchError::Status {
+                    status: response.status(),
+                });
+            };
+            let next = target
+                .join(location)
+                .map_err(|e| FetchError::Redirect(format!("bad Location {location:?}: {e}")))?;
+            // Each hop passes the guard again (the resolver sees its name).
+            self.check(&next)
+                .map_err(|e| FetchError::Redirect(format!("to {next}: {e}")))?;
+            // Credentials configured for the first host stay with it.
+            if next.host_str() != target.host_str()
+                || next.port_or_known_default() != target.port_or_known_default()
+            {
+                request_headers.remove(header::AUTHORIZATION);
+                request_headers.remove(header::COOKIE);
+                for k in headers.keys() {
+                    request_headers.remove(k.as_str());
+                }
+            }
+            target = next;
+        };
+
+        let status = response.status();
+        if status == StatusCode::NOT_MODIFIED {
+            if validators.is_empty() {
+                // We never asked for it: a broken upstream.
+                return Err(FetchError::Status { status });
+            }
+            return Ok(Fetched::NotModified);
+        }
+        if !status.is_success() {
+            return Err(FetchError::Status { status });
+        }
+        let got = Validators::from_headers(response.headers());
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.to_ascii_lowercase());
+        if let Some(ct) = &content_type {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if essence == "text/html" || essence == "application/xhtml+xml" {
+                return Err(FetchError::NotJson(format!("Content-Type is {essence}")));
+            }
+        }
+        let limit = self.config.max_body;
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(FetchError::TooLarge { limit });
+        }
+        let mut body = Vec::with_capacity(response.content_length().map_or(8192, |n| n as usize));
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.classify(e))?;
+            if body.len() + chunk.len() > limit {
+                return Err(FetchError::TooLarge { limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(FetchError::NotJson("the body is empty".into()));
+        }
+        let doc: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| FetchError::NotJson(e.to_string()))?;
+        Ok(Fetched::Document {
+            doc,
+            validators: got,
+        })
+    }
+
+    fn classify(&self, e: reqwest::Error) -> FetchError {
+        // Our resolver's verdicts travel inside the client's error chain.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = source {
+            if let Some(r) = s.downcast_ref::<ResolveError>() {
+                return match r {
+                    ResolveError::Blocked { .. } => FetchError::Blocked(r.to_string()),
+                    ResolveError::Dns { .. } => FetchError::Dns(r.to_string()),
+                };
+            }
+            source = s.source();
+        }
+        if e.is_timeout() {
+            FetchError::Timeout(self.config.timeout)
+        } else if e.is_connect() {
+            FetchError::Connect(root_cause(&e))
+        } else if e.is_body() || e.is_decode() {
+            FetchError::Body(root_cause(&e))
+        } else if e.is_builder() {
+            FetchError::InvalidUrl(root_cause(&e))
+        } else {
+            FetchError::Connect(root_cause(&e))
+        }
+    }
+}
+
+/// The innermost message of an error chain (the useful one).
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(s) = last.source() {
+        last = s;
+    }
+    last.to_string()
+}

@@ -1,0 +1,128 @@
+//! The poll loop of one resource: fetch (conditionally), append what
+//! changed, publish it once durable, report failures, back off.
+//!
+//! The loop never waits on a client: publishing to the hub cannot block.
+//! It is cancelled only between steps (while fetching or sleeping), never
+//! inside an append.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::backoff::Backoff;
+use super::fetch::{Fetched, Fetcher, Validators};
+use crate::hub::{Hub, UpstreamError};
+use crate::log::{Store, StoreError};
+use crate::metrics::Metrics;
+use crate::model::{now_ms, ResourceSpec};
+
+/// Longest back-off after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// What clients see of a resource's polling.
+#[derive(Clone, Debug, Default)]
+pub struct PollStatus {
+    /// Unix ms of the last poll that reached a verdict (success or failure).
+    pub last_polled_ms: Option<u64>,
+    /// Set while the upstream is failing; cleared by the next success.
+    pub last_error: Option<UpstreamError>,
+}
+
+pub struct Poller {
+    pub spec: ResourceSpec,
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub fetcher: Fetcher,
+    pub status: Arc<Mutex<PollStatus>>,
+}
+
+impl Poller {
+    pub async fn run(self, cancel: CancellationToken) {
+        let id = self.spec.id.clone();
+        let interval = self.spec.interval;
+        let mut backoff = Backoff::new(interval, MAX_BACKOFF.max(interval));
+        let mut validators = Validators::default();
+        loop {
+            let started = Instant::now();
+            let fetched = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = self.fetcher.fetch(&self.spec.url, &self.spec.headers, &validators) => r,
+            };
+            let delay = match fetched {
+                Ok(Fetched::NotModified) => {
+                    Metrics::inc(&self.metrics.polls_not_modified);
+                    self.healthy();
+                    backoff.reset();
+                    interval
+                }
+                Ok(Fetched::Document { doc, validators: v }) => {
+                    match self.store.append_chained(&id, doc, now_ms()).await {
+                        Ok(Some((event, prev))) => {
+                            Metrics::inc(&self.metrics.polls_changed);
+                            Metrics::inc(&self.metrics.events_appended);
+                            self.hub.publish(&id, event, prev);
+                            validators = v;
+                            self.healthy();
+                            backoff.reset();
+                            interval
+                        }
+                        Ok(None) => {
+                            Metrics::inc(&self.metrics.polls_unchanged);
+                            validators = v;
+                            self.healthy();
+                            backoff.reset();
+                            interval
+                        }
+                        Err(StoreError::NoSuchResource(_)) => return,
+                        Err(e) => {
+                            // Keep the old validators: the next poll must
+                            // fetch the body again.
+                            Metrics::inc(&self.metrics.append_errors);
+                            tracing::error!(resource = %id, error = %e, "append failed");
+                            self.failed(UpstreamError {
+                                code: "storage_error".into(),
+                                message: "the change could not be stored; retrying".into(),
+                                status: None,
+                                time_ms: now_ms(),
+                            });
+                            backoff.next_delay()
+                        }
+                    }
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.polls_failed);
+                    tracing::info!(resource = %id, code = e.code(), error = %e, "poll failed");
+                    self.failed(UpstreamError {
+                        code: e.code().into(),
+                        message: e.to_string(),
+                        status: e.status(),
+                        time_ms: now_ms(),
+                    });
+                    backoff.next_delay()
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep_until(started + delay) => {}
+            }
+        }
+    }
+
+    fn healthy(&self) {
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.last_polled_ms = Some(now_ms());
+        s.last_error = None;
+    }
+
+    fn failed(&self, err: UpstreamError) {
+        {
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.last_polled_ms = Some(err.time_ms);
+            s.last_error = Some(err.clone());
+        }
+        self.hub.publish_error(&self.spec.id, err);
+    }
+}
