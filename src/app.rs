@@ -90,6 +90,10 @@ pub async fn serve(
         allow_private: config.allow_private_upstreams,
         ..FetchConfig::default()
     };
+    let proxy_fetch = FetchConfig {
+        allowed_hosts: config.proxy.allowed_hosts.clone(),
+        ..fetch.clone()
+    };
     let trusted = FetchConfig {
         allow_private: true,
         ..fetch.clone()
@@ -118,7 +122,12 @@ pub async fn serve(
         registry.trust(&spec.id);
         registry.put(spec).await.context("registering the demo")?;
     }
+    registry.configure_proxy(
+        config.proxy.clone(),
+        Fetcher::new(proxy_fetch).context("building the HTTP client")?,
+    );
     registry.start_all();
+    let reaper = registry.spawn_proxy_reaper();
     let compactor = registry.spawn_compactor(limits.compact_every);
 
     let state = AppState {
@@ -209,6 +218,7 @@ pub async fn serve(
     }
     registry.stop_all().await;
     let _ = compactor.await;
+    let _ = reaper.await;
     store.flush().await.context("final flush")?;
     tracing::info!("stopped");
     Ok(())

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub http_refused: AtomicU64,
     pub compactions: AtomicU64,
     pub compacted_events: AtomicU64,
+    pub proxy_created: AtomicU64,
+    pub proxy_reaped: AtomicU64,
 }
 
 /// Gauge values that live elsewhere, sampled at render time.
@@ -29,6 +31,7 @@ pub struct Sampled {
     pub resources: usize,
     pub subscribers: usize,
     pub resources_failing: usize,
+    pub proxy_resources: usize,
 }
 
 impl Metrics {
@@ -109,6 +112,16 @@ impl Metrics {
             "Events removed by compaction.",
             &[("", g(&self.compacted_events))],
         );
+        counter(
+            "patchfeed_proxy_resources_created_total",
+            "Ad-hoc resources created by the streamdata proxy.",
+            &[("", g(&self.proxy_created))],
+        );
+        counter(
+            "patchfeed_proxy_resources_removed_total",
+            "Ad-hoc resources removed after proxy.idle without subscribers.",
+            &[("", g(&self.proxy_reaped))],
+        );
         let mut gauge = |name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
@@ -117,6 +130,11 @@ impl Metrics {
             "patchfeed_resources",
             "Registered resources.",
             n(s.resources),
+        );
+        gauge(
+            "patchfeed_proxy_resources",
+            "Ad-hoc resources of the streamdata proxy.",
+            n(s.proxy_resources),
         );
         gauge(
             "patchfeed_resources_failing",

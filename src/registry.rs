@@ -1,8 +1,10 @@
 //! The live set of resources: creates, updates and deletes them in the store
 //! and keeps exactly one poller running per resource; holds each resource's
-//! poll status; runs compaction in the background.
+//! poll status; runs compaction in the background; and, for the streamdata
+//! route's proxy mode, creates ad-hoc resources for unknown URLs and removes
+//! them after `proxy.idle` without subscribers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ProxyConfig;
 use crate::hub::Hub;
 use crate::log::{Compaction, Created, LogStatus, Store, StoreError};
 use crate::metrics::Metrics;
@@ -24,6 +27,28 @@ pub struct ResourceInfo {
     pub log: LogStatus,
     pub poll: PollStatus,
     pub subscribers: usize,
+    /// Created by the proxy for an unknown streamdata URL.
+    pub ad_hoc: bool,
+}
+
+/// Why the proxy would not create a resource for a URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no resource polls this URL, and proxy mode is off")]
+    Disabled,
+    #[error("{0}")]
+    Refused(crate::poll::fetch::FetchError),
+    #[error("the proxy already runs {0} ad-hoc resources (proxy.max_resources)")]
+    Full(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct Proxy {
+    config: ProxyConfig,
+    fetcher: Fetcher,
+    /// Ad-hoc resources and when each last had a subscriber.
+    active: HashMap<ResourceId, tokio::time::Instant>,
 }
 
 struct Running {
@@ -41,6 +66,7 @@ pub struct Registry {
     /// loopback), which the upstream guard would otherwise refuse.
     trusted_fetcher: Fetcher,
     trusted: Mutex<HashSet<ResourceId>>,
+    proxy: Mutex<Proxy>,
     pollers: Mutex<HashMap<ResourceId, Running>>,
     shutdown: CancellationToken,
     /// Serialises create/update/delete so a poller is never started for a
@@ -66,8 +92,13 @@ impl Registry {
             hub,
             metrics,
             fetcher,
-            trusted_fetcher,
+            trusted_fetcher: trusted_fetcher.clone(),
             trusted: Mutex::new(HashSet::new()),
+            proxy: Mutex::new(Proxy {
+                config: ProxyConfig::default(),
+                fetcher: trusted_fetcher.clone(),
+                active: HashMap::new(),
+            }),
             pollers: Mutex::new(HashMap::new()),
             shutdown,
             admin: tokio::sync::Mutex::new(()),
@@ -101,6 +132,8 @@ impl Registry {
         let id = spec.id.clone();
         let fetcher = if lock(&self.trusted).contains(&id) {
             self.trusted_fetcher.clone()
+        } else if lock(&self.proxy).active.contains_key(&id) {
+            lock(&self.proxy).fetcher.clone()
         } else {
             self.fetcher.clone()
         };
@@ -170,6 +203,7 @@ impl Registry {
         let deleted = self.store.delete(id).await?;
         self.hub.close(id);
         lock(&self.trusted).remove(id);
+        lock(&self.proxy).active.remove(id);
         Ok(deleted)
     }
 
@@ -185,6 +219,7 @@ impl Registry {
             log,
             poll,
             subscribers: self.hub.subscribers(id),
+            ad_hoc: lock(&self.proxy).active.contains_key(id),
         })
     }
 
@@ -247,5 +282,214 @@ impl Registry {
         for r in running {
             let _ = r.task.await;
         }
+    }
+
+    // ---- proxy mode (the streamdata route) ----
+
+    /// Sets up proxy mode and adopts the ad-hoc resources a previous run
+    /// left in the store (they are reaped like new ones, even with proxy
+    /// mode now off). Call before `start_all`.
+    pub fn configure_proxy(&self, config: ProxyConfig, fetcher: Fetcher) {
+        let now = tokio::time::Instant::now();
+        let mut p = lock(&self.proxy);
+        for r in self.store.resources() {
+            if is_ad_hoc_id(&r.spec.id, &r.spec.url) {
+                p.active.insert(r.spec.id.clone(), now);
+            }
+        }
+        p.config = config;
+        p.fetcher = fetcher;
+    }
+
+    pub fn proxy_enabled(&self) -> bool {
+        lock(&self.proxy).config.enabled
+    }
+
+    /// Ad-hoc resources now.
+    pub fn ad_hoc_count(&self) -> usize {
+        lock(&self.proxy).active.len()
+    }
+
+    /// The resource whose upstream is `url` with exactly `headers`.
+    pub fn find_by_upstream(
+        &self,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+    ) -> Option<ResourceId> {
+        let want = normalize_url(url);
+        self.store
+            .resources()
+            .into_iter()
+            .find(|r| normalize_url(&r.spec.url) == want && &r.spec.headers == headers)
+            .map(|r| r.spec.id)
+    }
+
+    /// The resource for `url` + `headers`, created ad hoc (proxy mode) if
+    /// none exists. Guarded like any upstream, plus `proxy.allowed_hosts`.
+    pub async fn proxy_resource(
+        &self,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<ResourceId, ProxyError> {
+        let _admin = self.admin.lock().await;
+        if let Some(id) = self.find_by_upstream(url, headers) {
+            self.touch(&id);
+            return Ok(id);
+        }
+        let (config, fetcher, count) = {
+            let p = lock(&self.proxy);
+            (p.config.clone(), p.fetcher.clone(), p.active.len())
+        };
+        if !config.enabled {
+            return Err(ProxyError::Disabled);
+        }
+        fetcher.check_url(url).map_err(ProxyError::Refused)?;
+        if count >= config.max_resources {
+            return Err(ProxyError::Full(config.max_resources));
+        }
+        let base = ad_hoc_base(url);
+        let id = (1..=16u32)
+            .map(|n| {
+                if n == 1 {
+                    base.clone()
+                } else {
+                    format!("{base}-{n}")
+                }
+            })
+            .filter_map(|s| ResourceId::new(&s).ok())
+            .find(|id| self.store.resource(id).is_none())
+            .ok_or_else(|| ProxyError::Full(config.max_resources))?;
+        let spec = ResourceSpec {
+            id: id.clone(),
+            url: url.to_owned(),
+            interval: config.interval,
+            headers: headers.clone(),
+            snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
+            // Ad-hoc history lives as long as the resource, at most a day.
+            retain: Some(Duration::from_secs(24 * 3600)),
+        };
+        lock(&self.proxy)
+            .active
+            .insert(id.clone(), tokio::time::Instant::now());
+        match self.store.create(spec, now_ms()).await {
+            Ok(Created::New(r)) => {
+                tracing::info!(resource = %id, "proxy: new ad-hoc resource");
+                Metrics::inc(&self.metrics.proxy_created);
+                self.start(r.spec);
+                Ok(id)
+            }
+            Ok(Created::Exists(_)) => Ok(id),
+            Err(e) => {
+                lock(&self.proxy).active.remove(&id);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Marks an ad-hoc resource as in use now.
+    pub fn touch(&self, id: &ResourceId) {
+        if let Some(t) = lock(&self.proxy).active.get_mut(id) {
+            *t = tokio::time::Instant::now();
+        }
+    }
+
+    /// Removes ad-hoc resources idle (no subscriber) for `proxy.idle`.
+    pub fn spawn_proxy_reaper(self: &Arc<Self>) -> JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let idle = lock(&this.proxy).config.idle;
+                let every = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+                tokio::select! {
+                    _ = this.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                this.reap_idle().await;
+            }
+        })
+    }
+
+    async fn reap_idle(&self) {
+        let now = tokio::time::Instant::now();
+        let idle: Vec<ResourceId> = {
+            let mut p = lock(&self.proxy);
+            let limit = p.config.idle;
+            let mut out = Vec::new();
+            for (id, last) in p.active.iter_mut() {
+                if self.hub.subscribers(id) > 0 {
+                    *last = now;
+                } else if now.duration_since(*last) >= limit {
+                    out.push(id.clone());
+                }
+            }
+            out
+        };
+        for id in idle {
+            // A client may have arrived meanwhile.
+            if self.hub.subscribers(&id) > 0 {
+                continue;
+            }
+            match self.delete(&id).await {
+                Ok(_) => {
+                    Metrics::inc(&self.metrics.proxy_reaped);
+                    tracing::info!(resource = %id, "proxy: ad-hoc resource idle, removed");
+                }
+                Err(e) => {
+                    tracing::warn!(resource = %id, error = %e, "proxy: removing an idle resource failed")
+                }
+            }
+        }
+    }
+}
+
+/// 64-bit FNV-1a: a stable (across runs and Rust versions) short hash for
+/// ad-hoc resource ids. Not a secret: only the URL goes in, never headers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn ad_hoc_base(url: &str) -> String {
+    format!("sd-{:016x}", fnv1a(normalize_url(url).as_bytes()))
+}
+
+/// An id the proxy made for this URL (`sd-<hash>` or `sd-<hash>-<n>`).
+fn is_ad_hoc_id(id: &ResourceId, url: &str) -> bool {
+    let base = ad_hoc_base(url);
+    match id.as_str().strip_prefix(base.as_str()) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('-')
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| (2..=16).contains(&n)),
+        None => false,
+    }
+}
+
+/// URLs compare after parsing (scheme/host case, default port, empty path).
+fn normalize_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.to_string(),
+        Err(_) => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ad_hoc_ids_are_stable_and_recognised() {
+        let url = "https://API.example.com:443/ticker?cur=EUR";
+        let base = ad_hoc_base(url);
+        assert_eq!(base, ad_hoc_base("https://api.example.com/ticker?cur=EUR"));
+        assert!(ResourceId::new(&base).is_ok());
+        let id = |s: &str| ResourceId::new(s).unwrap();
+        assert!(is_ad_hoc_id(&id(&base), url));
+        assert!(is_ad_hoc_id(&id(&format!("{base}-2")), url));
+        assert!(!is_ad_hoc_id(&id(&format!("{base}-17")), url));
+        assert!(!is_ad_hoc_id(&id(&base), "https://other.example.com/"));
+        assert!(!is_ad_hoc_id(&id("btc-eur"), url));
     }
 }

@@ -4,7 +4,7 @@
 //! headers). Compared in constant time; never logged.
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method};
+use axum::http::{header, HeaderMap, Method, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -55,18 +55,30 @@ fn ct_eq(a: &str, b: &str) -> bool {
 }
 
 /// The credential a request presents, if any.
-pub fn presented(req: &Request) -> Option<String> {
-    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+pub fn presented(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().ok()?;
         let (scheme, token) = v.split_once(' ')?;
         return scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_owned());
     }
-    let query = req.uri().query()?;
+    let query = uri.query()?;
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "access_token" || k.eq_ignore_ascii_case("x-sd-token"))
         .map(|(_, v)| v.into_owned())
+}
+
+/// For routes outside `/v1` that read (the streamdata stream): any valid
+/// token, full or read-only.
+pub fn check_read(auth: &Auth, headers: &HeaderMap, uri: &Uri) -> Result<(), ApiError> {
+    if !auth.enabled() {
+        return Ok(());
+    }
+    match auth.check(presented(headers, uri).as_deref()) {
+        Some(_) => Ok(()),
+        None => Err(ApiError::Unauthorized),
+    }
 }
 
 pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -75,7 +87,7 @@ pub async fn require(State(state): State<AppState>, req: Request, next: Next) ->
         return next.run(req).await;
     }
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    match auth.check(presented(&req).as_deref()) {
+    match auth.check(presented(req.headers(), req.uri()).as_deref()) {
         Some(Access::Full) => next.run(req).await,
         Some(Access::Read) if read_only => next.run(req).await,
         Some(Access::Read) => ApiError::Forbidden.into_response(),

@@ -34,6 +34,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token may only read")]
     Forbidden,
+    /// The upstream guard refused a URL (streamdata proxy mode).
+    #[error("{0}")]
+    UpstreamRefused(String),
+    /// Proxy mode is at `proxy.max_resources`.
+    #[error("{0}")]
+    ProxyFull(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -51,7 +57,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Compacted { .. } => StatusCode::GONE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::UpstreamRefused(_) => StatusCode::FORBIDDEN,
+            ApiError::ProxyFull(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +77,8 @@ impl ApiError {
             ApiError::NotYet(_) => "not_yet",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
+            ApiError::UpstreamRefused(_) => "upstream_refused",
+            ApiError::ProxyFull(_) => "proxy_full",
             ApiError::Internal(_) => "internal",
         }
     }

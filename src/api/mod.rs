@@ -8,14 +8,15 @@ pub mod error;
 mod events;
 mod ops;
 mod resources;
+mod streamdata;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -56,7 +57,8 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
     Router::new()
         .merge(ops::router())
         .merge(v1)
-        .fallback(|| async { ApiError::NotFound })
+        .merge(streamdata::router())
+        .fallback(fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(middleware::map_response(json_errors))
@@ -69,6 +71,15 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
             // The path only: query strings may carry access tokens.
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
         }))
+}
+
+/// Unknown paths: 404, except upstream URLs at the root (`/https://...`),
+/// the streamdata route's one-host-change alias.
+async fn fallback(State(state): State<AppState>, req: Request) -> Response {
+    if streamdata::is_root_alias(req.uri().path()) {
+        return streamdata::serve(state, req).await;
+    }
+    ApiError::NotFound.into_response()
 }
 
 /// Gives every error response the JSON shape, whoever produced it.

@@ -24,6 +24,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         resources: state.registry.store().resources().len(),
         subscribers: state.hub.total_subscribers(),
         resources_failing: state.registry.failing(),
+        proxy_resources: state.registry.ad_hoc_count(),
     };
     (
         [(

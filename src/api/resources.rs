@@ -188,5 +188,6 @@ fn view(info: &ResourceInfo) -> Value {
         "retain": spec.retain.map(|d| humantime::format_duration(d).to_string()),
         "header_names": spec.headers.keys().collect::<Vec<_>>(),
         "subscribers": info.subscribers,
+        "ad_hoc": info.ad_hoc,
     })
 }
