@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+mod head_guard;
+
 use crate::api::{self, AppState, Auth, HttpLimits};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -192,7 +194,7 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
         let conn = http.serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(head_guard::HeadGuard::new(stream)),
             TowerToHyperService::new(router.clone()),
         );
         let conn = graceful.watch(conn);

@@ -1,0 +1,9 @@
+//! Black-box integration tests: the real `patchfeed` binary, a real
+//! loopback upstream, real HTTP and SSE clients. One test crate (one
+//! build), one module per area.
+
+mod documents;
+mod faults;
+mod hostile;
+mod stream;
+mod support;
