@@ -2,6 +2,7 @@
 //! loopback upstream, real HTTP and SSE clients. One test crate (one
 //! build), one module per area.
 
+mod crash_server;
 mod documents;
 mod faults;
 mod hostile;

@@ -401,18 +401,30 @@ pub struct Sse {
     pub doc: Option<Value>,
     pub last_id: Option<String>,
     pub ended: bool,
+    /// A broken connection (the server was killed) ends the stream instead
+    /// of failing the test.
+    pub tolerate_breaks: bool,
 }
 
 impl Sse {
     pub async fn open(url: &str, last_event_id: Option<&str>) -> Sse {
+        Sse::try_open(url, last_event_id)
+            .await
+            .unwrap_or_else(|e| panic!("opening {url}: {e}"))
+    }
+
+    /// Like `open`, but a refused connection or a non-200 is an error.
+    pub async fn try_open(url: &str, last_event_id: Option<&str>) -> Result<Sse, String> {
         let mut req = reqwest::Client::new().get(url);
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
-        let resp = req.send().await.unwrap();
-        assert_eq!(resp.status(), 200, "opening {url}");
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        if resp.status() != 200 {
+            return Err(format!("status {}", resp.status()));
+        }
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
-        Sse {
+        Ok(Sse {
             resp,
             buf: Vec::new(),
             retry: None,
@@ -420,7 +432,18 @@ impl Sse {
             doc: None,
             last_id: None,
             ended: false,
-        }
+            tolerate_breaks: false,
+        })
+    }
+
+    /// Continues on a new connection (after a crash): resumes from the last
+    /// id, keeping the frames and the document.
+    pub async fn reconnect(&mut self, url: &str) -> Result<(), String> {
+        let next = Sse::try_open(url, self.last_id.as_deref()).await?;
+        self.resp = next.resp;
+        self.buf.clear();
+        self.ended = false;
+        Ok(())
     }
 
     /// The next event (not comments), applied to `doc`; None if the stream
@@ -456,6 +479,10 @@ impl Sse {
             match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
                 Ok(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk),
                 Ok(Ok(None)) => self.ended = true,
+                Ok(Err(e)) if self.tolerate_breaks => {
+                    let _ = e;
+                    self.ended = true;
+                }
                 Ok(Err(e)) => panic!("stream broke: {e}"),
                 Err(_) => return None,
             }
