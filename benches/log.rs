@@ -121,7 +121,8 @@ fn read_after(c: &mut Criterion) {
     g.bench_function("100k", |b| {
         let (store, horizon) = filled.get_or_insert_with(|| {
             let store = Store::open(dir.path()).unwrap();
-            rt.block_on(store.create(spec("big", 100, None), 0)).unwrap();
+            rt.block_on(store.create(spec("big", 100, None), 0))
+                .unwrap();
             // Appends to one resource are serial (one flush each): the
             // set-up takes a while, and its rate is a figure of its own.
             let t = Instant::now();
@@ -130,7 +131,10 @@ fn read_after(c: &mut Criterion) {
                     store.append(&id, ticker(n)).await.unwrap().unwrap();
                 }
             });
-            eprintln!("read_after: {EVENTS} durable appends to one resource took {:?}", t.elapsed());
+            eprintln!(
+                "read_after: {EVENTS} durable appends to one resource took {:?}",
+                t.elapsed()
+            );
             let horizon = store.status(&id).unwrap().horizon.unwrap();
             (store, horizon)
         });
@@ -138,7 +142,8 @@ fn read_after(c: &mut Criterion) {
             let mut cursor: EventId = *horizon;
             let mut n = 0u64;
             loop {
-                let ReadAfter::Events(events) = store.read_after(&id, cursor.0, 1000).unwrap() else {
+                let ReadAfter::Events(events) = store.read_after(&id, cursor.0, 1000).unwrap()
+                else {
                     panic!("before horizon")
                 };
                 n += events.len() as u64;

@@ -368,22 +368,19 @@ impl Registry {
             // Ad-hoc history lives as long as the resource, at most a day.
             retain: Some(Duration::from_secs(24 * 3600)),
         };
+        let created = self.store.create(spec, now_ms()).await?;
+        // Registered (and its idle clock started) only now: a slow create
+        // must not look idle to the reaper. Before `start`, which picks the
+        // proxy's fetcher for ad-hoc resources.
         lock(&self.proxy)
             .active
             .insert(id.clone(), tokio::time::Instant::now());
-        match self.store.create(spec, now_ms()).await {
-            Ok(Created::New(r)) => {
-                tracing::info!(resource = %id, "proxy: new ad-hoc resource");
-                Metrics::inc(&self.metrics.proxy_created);
-                self.start(r.spec);
-                Ok(id)
-            }
-            Ok(Created::Exists(_)) => Ok(id),
-            Err(e) => {
-                lock(&self.proxy).active.remove(&id);
-                Err(e.into())
-            }
+        if let Created::New(r) = created {
+            tracing::info!(resource = %id, "proxy: new ad-hoc resource");
+            Metrics::inc(&self.metrics.proxy_created);
+            self.start(r.spec);
         }
+        Ok(id)
     }
 
     /// Marks an ad-hoc resource as in use now.
