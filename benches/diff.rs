@@ -1,0 +1,214 @@
+//! The diff on a corpus of realistic changes: patch bytes against document
+//! bytes (ours, the json-patch crate's index-by-index diff), and diff time
+//! against the time to parse the new document with serde_json.
+//!
+//! `cargo bench --bench diff` runs the criterion timings after printing the
+//! size table. With `PATCHFEED_DIFF_CORPUS=DIR` it only writes the corpus
+//! (`NAME.a.json`, `NAME.b.json`) and our patch sizes (`ours.json`) for
+//! `benches/peers/run.sh`, which diffs the same pairs with npm `rfc6902`,
+//! npm `fast-json-patch` and Python `jsonpatch`.
+
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion};
+use serde_json::{json, Value};
+
+fn item(i: usize) -> Value {
+    json!({
+        "id": i,
+        "name": format!("Product {i} — deluxe edition"),
+        "price": (i * 37 % 1000) as f64 / 10.0,
+        "tags": ["a", "b"],
+        "stock": { "warehouse": i % 7, "count": i * 3 % 50 },
+    })
+}
+
+fn list(n: usize) -> Vec<Value> {
+    (0..n).map(item).collect()
+}
+
+/// Deterministic scenarios: (name, before, after).
+fn corpus() -> Vec<(&'static str, Value, Value)> {
+    let mut out = Vec::new();
+
+    let ticker = |p: f64, v: u64| json!({"symbol": "BTC-EUR", "bid": p, "ask": p + 1.5, "volume": v, "ts": 1_763_800_000_000u64 + v});
+    out.push(("ticker", ticker(61000.5, 10), ticker(61002.0, 11)));
+
+    let a = list(1000);
+    let mut b = a.clone();
+    b.insert(0, item(5000));
+    out.push((
+        "list_front_insert",
+        json!({ "items": a.clone() }),
+        json!({ "items": b }),
+    ));
+
+    let mut b = a.clone();
+    b.insert(500, item(5001));
+    out.push((
+        "list_middle_insert",
+        json!({ "items": a.clone() }),
+        json!({ "items": b }),
+    ));
+
+    let mut b = a.clone();
+    for at in [900, 500, 10] {
+        b.remove(at);
+    }
+    out.push((
+        "list_deletes",
+        json!({ "items": a.clone() }),
+        json!({ "items": b }),
+    ));
+
+    let mut b = a.clone();
+    let x = b.remove(100);
+    b.insert(800, x);
+    out.push((
+        "list_move",
+        json!({ "items": a.clone() }),
+        json!({ "items": b }),
+    ));
+
+    let mut b = a.clone();
+    b[500]["price"] = json!(1.25);
+    out.push((
+        "list_field_edit",
+        json!({ "items": a.clone() }),
+        json!({ "items": b }),
+    ));
+
+    let config = |v: u64, extra: bool| {
+        let mut c = json!({
+            "service": { "name": "api", "replicas": 3, "env": { "LOG": "info", "REGION": "eu-west-1" } },
+            "database": { "host": "db.internal", "port": 5432, "pool": { "min": 2, "max": 20 }, "replicas": ["r1", "r2"] },
+            "features": { "beta": false, "limits": { "rps": 100 + v, "burst": 20 } },
+            "version": v,
+        });
+        if extra {
+            c["features"]["new_ui"] = json!(true);
+            c["database"]["replicas"] = json!(["r1", "r2", "r3"]);
+            c["service"]["env"].as_object_mut().unwrap().remove("LOG");
+        }
+        c
+    };
+    out.push(("nested_config", config(1, false), config(2, true)));
+
+    let uni = |k: usize| {
+        json!({
+            "title": "Zoë’s café — 東京 😀",
+            "lines": (0..50).map(|i| format!("行 {i}: ünïcödé ✓ {}", if i == k { "changed ✎" } else { "same" })).collect::<Vec<_>>(),
+        })
+    };
+    out.push(("unicode", uni(100), uni(25)));
+
+    let big = |k: usize| {
+        json!({
+            "blobs": (0..10).map(|i| {
+                let mut s = "lorem ipsum dolor sit amet ".repeat(400);
+                if i == k { s.push_str(" (edited)"); }
+                s
+            }).collect::<Vec<_>>(),
+        })
+    };
+    out.push(("large_strings", big(100), big(4)));
+
+    let ra: Vec<Value> = (0..200).map(|i| json!(i * 3)).collect();
+    let mut rb = ra.clone();
+    rb.insert(0, json!(-1));
+    rb.remove(100);
+    rb.insert(150, json!(7777));
+    out.push(("root_array", Value::Array(ra), Value::Array(rb)));
+
+    out
+}
+
+fn bytes<T: serde::Serialize>(v: &T) -> usize {
+    serde_json::to_vec(v).unwrap().len()
+}
+
+fn write_corpus(dir: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut ours = serde_json::Map::new();
+    for (name, a, b) in corpus() {
+        std::fs::write(
+            format!("{dir}/{name}.a.json"),
+            serde_json::to_vec(&a).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            format!("{dir}/{name}.b.json"),
+            serde_json::to_vec(&b).unwrap(),
+        )
+        .unwrap();
+        let p = patchfeed::diff::diff(&a, &b);
+        std::fs::write(
+            format!("{dir}/{name}.patchfeed.patch.json"),
+            serde_json::to_vec(&p).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            format!("{dir}/{name}.json_patch_crate.patch.json"),
+            serde_json::to_vec(&json_patch::diff(&a, &b)).unwrap(),
+        )
+        .unwrap();
+        let mut check = a.clone();
+        json_patch::patch(&mut check, &p).unwrap();
+        assert_eq!(check, b, "{name}");
+        ours.insert(
+            name.into(),
+            json!({ "ours": bytes(&p), "json_patch_crate": bytes(&json_patch::diff(&a, &b)), "doc": bytes(&b) }),
+        );
+    }
+    std::fs::write(
+        format!("{dir}/ours.json"),
+        serde_json::to_vec_pretty(&ours).unwrap(),
+    )
+    .unwrap();
+}
+
+fn print_sizes() {
+    println!(
+        "{:<20} {:>10} {:>12} {:>10} {:>16}",
+        "scenario", "doc bytes", "patch bytes", "ratio", "json-patch crate"
+    );
+    for (name, a, b) in corpus() {
+        let ours = bytes(&patchfeed::diff::diff(&a, &b));
+        let old = bytes(&json_patch::diff(&a, &b));
+        let doc = bytes(&b);
+        println!(
+            "{name:<20} {doc:>10} {ours:>12} {:>10.4} {old:>16}",
+            ours as f64 / doc as f64
+        );
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("diff");
+    g.sample_size(30)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for (name, a, b) in corpus() {
+        let text = serde_json::to_vec(&b).unwrap();
+        g.bench_with_input(
+            BenchmarkId::new("diff", name),
+            &(&a, &b),
+            |bench, (a, b)| bench.iter(|| patchfeed::diff::diff(a, b)),
+        );
+        g.bench_with_input(BenchmarkId::new("parse", name), &text, |bench, text| {
+            bench.iter(|| serde_json::from_slice::<Value>(text).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn main() {
+    if let Ok(dir) = std::env::var("PATCHFEED_DIFF_CORPUS") {
+        write_corpus(&dir);
+        return;
+    }
+    print_sizes();
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+    c.final_summary();
+}
