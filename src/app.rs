@@ -3,7 +3,10 @@
 //! within a grace period, stop the pollers and flush the store.
 //!
 //! The accept loop is ours rather than `axum::serve` so that connections
-//! are capped (over the cap: a JSON 503) and request heads are bounded.
+//! are capped (over the cap: a JSON 503), request heads are bounded, and
+//! hyper's own error responses get the JSON shape (`conn_io`).
+
+mod conn_io;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -179,11 +182,15 @@ pub async fn serve(
             continue;
         };
         let mut http = hyper::server::conn::http1::Builder::new();
+        // `max_buf_size` alone lets a head through that arrives in a read
+        // overshooting it; `max_header_size` is exact. The buffer bound
+        // also caps what hyper queues for a client that does not read.
         http.max_buf_size(MAX_HEAD_BYTES)
+            .max_header_size(MAX_HEAD_BYTES)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
         let conn = http.serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(conn_io::ConnIo::new(stream)),
             TowerToHyperService::new(router.clone()),
         );
         let conn = graceful.watch(conn);
