@@ -59,12 +59,14 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
-        .layer(middleware::map_response(json_errors))
         .layer(RequestBodyLimitLayer::new(limits.max_request_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
+        // Outside the body limit and the timeout, whose 413 and 408 are
+        // plain text of their own.
+        .layer(middleware::map_response(json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // The path only: query strings may carry access tokens.
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
