@@ -48,6 +48,11 @@ struct Server {
 
 impl Server {
     async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
+        Server::launch(tweak, false).await
+    }
+
+    /// With `demo`, also the built-in demo upstream and resource.
+    async fn launch(tweak: impl FnOnce(&mut Config), demo: bool) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config {
             data_dir: dir.path().join("data"),
@@ -59,7 +64,7 @@ impl Server {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(patchfeed::app::serve(
             config,
-            false,
+            demo,
             listener,
             shutdown.clone(),
         ));
@@ -88,7 +93,8 @@ impl Server {
 
 /// A real upstream on loopback. `/doc` serves `{"n": <count>}`, `/big`
 /// serves a document whose `blob` of `BIG_BLOB` bytes changes on every
-/// request, `/redirect?to=URL` answers 302 to URL. `hits` counts every
+/// request, `/redirect?to=URL` answers 302 to URL, `/loop` redirects to
+/// itself. `hits` counts every
 /// request on any path: the guard tests check it stays 0.
 struct Upstream {
     addr: SocketAddr,
@@ -115,6 +121,12 @@ impl Upstream {
                 get(move || {
                     let n = big.fetch_add(1, SeqCst) + 1;
                     async move { axum::Json(json!({ "n": n, "blob": blob(n) })) }
+                }),
+            )
+            .route(
+                "/loop",
+                get(|| async {
+                    (StatusCode::FOUND, [(header::LOCATION, "/loop")]).into_response()
                 }),
             )
             .route(
@@ -1471,4 +1483,297 @@ fn read_until_with(sse: Sse, first: Frame, stop: CancellationToken) -> JoinHandl
         frames.extend(rest.await.expect("reader"));
         frames
     })
+}
+
+// ---------------------------------------------------------------------------
+// 4. Upstream guard (SSRF).
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_guard_refuses_private_addresses_and_other_schemes_at_creation() {
+    let up = Upstream::start().await;
+    let s = Server::start(|_| {}).await;
+    let c = client();
+    let port = up.addr.port();
+    let addresses = [
+        format!("http://127.0.0.1:{port}/doc"),
+        format!("http://127.1:{port}/doc"),
+        format!("http://2130706433:{port}/doc"),
+        format!("http://0x7f000001:{port}/doc"),
+        format!("http://0177.0.0.1:{port}/doc"),
+        format!("http://[::1]:{port}/doc"),
+        format!("http://[::ffff:127.0.0.1]:{port}/doc"),
+        format!("http://[::ffff:7f00:1]:{port}/doc"),
+        format!("http://[::127.0.0.1]:{port}/doc"),
+        format!("http://[64:ff9b::7f00:1]:{port}/doc"),
+        format!("http://0.0.0.0:{port}/doc"),
+        format!("http://0:{port}/doc"),
+        format!("http://[::]:{port}/doc"),
+        format!("https://user:pw@127.0.0.1:{port}/doc"),
+        "http://10.0.0.1/".into(),
+        "http://10.255.255.254:8080/x".into(),
+        "http://172.16.0.1/".into(),
+        "http://192.168.1.1/".into(),
+        "http://100.64.0.1/".into(),
+        "http://169.254.169.254/latest/meta-data/".into(),
+        "http://[::ffff:169.254.169.254]/latest/meta-data/".into(),
+        "http://[fd00:ec2::254]/latest/meta-data/".into(),
+        "http://[fe80::1]/".into(),
+        "http://224.0.0.1/".into(),
+        "http://255.255.255.255/".into(),
+    ];
+    for url in &addresses {
+        let reply = send(
+            c.post(s.url("/v1/resources"))
+                .json(&json!({"url": url, "interval_ms": 100})),
+        )
+        .await;
+        let msg = reply.error_code(422, "invalid_resource");
+        assert!(
+            msg.contains("allow_private_upstreams"),
+            "{url}: {msg:?} says how to allow it"
+        );
+    }
+    let schemes = [
+        format!("ftp://127.0.0.1:{port}/doc"),
+        "file:///etc/passwd".into(),
+        "file://localhost/etc/passwd".into(),
+        format!("gopher://127.0.0.1:{port}/_GET"),
+        format!("ws://127.0.0.1:{port}/doc"),
+        "data:application/json,{}".into(),
+        "javascript:alert(1)".into(),
+        "unix:///var/run/docker.sock".into(),
+    ];
+    for url in &schemes {
+        let reply = send(c.post(s.url("/v1/resources")).json(&json!({ "url": url }))).await;
+        let msg = reply.error_code(422, "invalid_resource");
+        assert!(msg.contains("scheme"), "{url}: {msg:?}");
+    }
+    assert!(resource_ids(&c, &s.url("")).await.is_empty());
+    // Give any poller that might exist time to run: none may connect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up.hits(), 0, "the upstream was contacted");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn names_resolving_to_loopback_are_blocked_without_connecting() {
+    let up = Upstream::start().await;
+    let s = Server::start(|_| {}).await;
+    let c = client();
+    let port = up.addr.port();
+    for (id, host) in [("plain", "localhost"), ("upper", "LocalHost")] {
+        create(
+            &c,
+            &s.url(""),
+            json!({"id": id, "url": format!("http://{host}:{port}/doc"), "interval_ms": 100}),
+            None,
+        )
+        .await;
+        // The stream reports the refusal as an upstream error, before any
+        // snapshot (there is none).
+        let mut sse =
+            Sse::open(stream_client().get(s.url(&format!("/v1/resources/{id}/events")))).await;
+        let f = sse.next(CLIENT_TIMEOUT).await;
+        assert_eq!(f.event, "error", "{f:?}");
+        assert!(f.id.is_none());
+        let data: Value = serde_json::from_str(&f.data).expect("error JSON");
+        assert_eq!(data["code"], "blocked", "{data}");
+        assert!(data.get("status").is_none());
+        let message = data["message"].as_str().expect("message");
+        assert!(message.contains("allow_private_upstreams"), "{message}");
+
+        let r = send(c.get(s.url(&format!("/v1/resources/{id}")))).await;
+        assert_eq!(r.status, 200);
+        let v = r.json();
+        assert_eq!(v["last_error"]["code"], "blocked", "{v}");
+        assert!(v["last_event_id"].is_null());
+        send(c.get(s.url(&format!("/v1/resources/{id}/document"))))
+            .await
+            .error_code(404, "not_yet");
+    }
+    // Several polls later, still not one request reached the upstream.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(up.hits(), 0, "the upstream was contacted");
+    s.stop().await;
+}
+
+/// Waits until the resource's `last_error` is set; returns its code.
+async fn last_error_code(c: &reqwest::Client, url: &str) -> String {
+    eventually(CLIENT_TIMEOUT, "last_error", || async {
+        let v = send(c.get(url)).await.json();
+        v["last_error"]["code"].as_str().map(str::to_owned)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_guard_has_no_back_doors_through_config_or_the_demo() {
+    let up = Upstream::start().await;
+    let port = up.addr.port();
+    let s = Server::launch(
+        |c| {
+            c.resources.push(patchfeed::model::ResourceSpec {
+                id: "cfg".parse().expect("id"),
+                url: format!("http://127.0.0.1:{port}/doc"),
+                interval: Duration::from_millis(100),
+                headers: Default::default(),
+                snapshot_every: 10,
+                retain: None,
+            })
+        },
+        true,
+    )
+    .await;
+    let c = client();
+    // A loopback upstream from the config file is polled through the
+    // guard too.
+    assert_eq!(
+        last_error_code(&c, &s.url("/v1/resources/cfg")).await,
+        "blocked"
+    );
+    // The demo is exempt (the operator asked for it with --demo)...
+    let mut sse = Sse::open(stream_client().get(s.url("/v1/resources/demo/events"))).await;
+    assert_eq!(sse.next(CLIENT_TIMEOUT).await.event, "snapshot");
+    drop(sse);
+    // ...but a client that deletes it and takes its id does not inherit
+    // the exemption.
+    let r = send(c.delete(s.url("/v1/resources/demo"))).await;
+    assert_eq!(r.status, 204);
+    create(
+        &c,
+        &s.url(""),
+        json!({"id": "demo", "url": format!("http://localhost:{port}/doc"), "interval_ms": 100}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        last_error_code(&c, &s.url("/v1/resources/demo")).await,
+        "blocked"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(up.hits(), 0, "the upstream was contacted");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn allow_private_upstreams_lifts_the_guard_but_not_the_scheme_check() {
+    let up = Upstream::start().await;
+    let s = Server::start(|c| c.allow_private_upstreams = true).await;
+    let c = client();
+    let port = up.addr.port();
+    for (id, url) in [
+        ("literal", format!("http://127.0.0.1:{port}/doc")),
+        ("name", format!("http://localhost:{port}/doc")),
+        ("mapped", format!("http://[::ffff:127.0.0.1]:{port}/doc")),
+    ] {
+        create(
+            &c,
+            &s.url(""),
+            json!({"id": id, "url": url, "interval_ms": 100}),
+            None,
+        )
+        .await;
+        let mut sse =
+            Sse::open(stream_client().get(s.url(&format!("/v1/resources/{id}/events")))).await;
+        let f = sse.next(CLIENT_TIMEOUT).await;
+        assert_eq!(f.event, "snapshot", "{id}: {f:?}");
+    }
+    assert!(up.hits() >= 3);
+    for url in [
+        format!("ftp://127.0.0.1:{port}/doc"),
+        "file:///etc/passwd".into(),
+    ] {
+        let reply = send(c.post(s.url("/v1/resources")).json(&json!({ "url": url }))).await;
+        reply.error_code(422, "invalid_resource");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_refused_host_is_not_followed() {
+    use patchfeed::poll::fetch::{FetchConfig, FetchError, Fetched, Fetcher, Validators};
+    let up = Upstream::start().await;
+    let port = up.addr.port();
+    let fetcher = |allowed: &str| {
+        Fetcher::new(FetchConfig {
+            allow_private: true,
+            allowed_hosts: Some(vec![allowed.to_owned()]),
+            timeout: Duration::from_secs(5),
+            ..FetchConfig::default()
+        })
+        .expect("fetcher")
+    };
+    let fetch = |f: Fetcher, url: String| async move {
+        f.fetch(&url, &Default::default(), &Validators::default())
+            .await
+    };
+    let redirect = |from: &str, to: &str| {
+        format!(
+            "http://{from}:{port}/redirect?to={}",
+            form_urlencoded::byte_serialize(to.as_bytes()).collect::<String>()
+        )
+    };
+
+    // Allowed hop: followed (the control).
+    let got = fetch(
+        fetcher("127.0.0.1"),
+        redirect("127.0.0.1", &format!("http://127.0.0.1:{port}/doc")),
+    )
+    .await;
+    assert!(matches!(got, Ok(Fetched::Document { .. })), "{got:?}");
+    assert_eq!(up.hits(), 2);
+
+    // Hops to hosts outside allowed_hosts, or to other schemes: refused
+    // before connecting, so only the redirecting request reaches the
+    // upstream.
+    for (allowed, from, to) in [
+        (
+            "127.0.0.1",
+            "127.0.0.1",
+            format!("http://localhost:{port}/doc"),
+        ),
+        (
+            "localhost",
+            "localhost",
+            format!("http://127.0.0.1:{port}/doc"),
+        ),
+        ("127.0.0.1", "127.0.0.1", format!("http://[::1]:{port}/doc")),
+        (
+            "127.0.0.1",
+            "127.0.0.1",
+            "http://169.254.169.254/latest/meta-data/".into(),
+        ),
+        ("127.0.0.1", "127.0.0.1", "file:///etc/passwd".into()),
+        (
+            "127.0.0.1",
+            "127.0.0.1",
+            format!("ftp://127.0.0.1:{port}/doc"),
+        ),
+    ] {
+        let before = up.hits();
+        let got = fetch(fetcher(allowed), redirect(from, &to)).await;
+        match &got {
+            Err(e @ FetchError::Redirect(_)) => {
+                assert_eq!(e.code(), "redirect");
+                assert!(e.to_string().contains(&to), "{e} names the refused hop");
+            }
+            other => panic!("{to}: {other:?}"),
+        }
+        assert_eq!(
+            up.hits(),
+            before + 1,
+            "{to}: only the first hop was fetched"
+        );
+    }
+
+    // A redirect loop ends after max_redirects hops.
+    let before = up.hits();
+    let got = fetch(
+        fetcher("127.0.0.1"),
+        format!("http://127.0.0.1:{port}/loop"),
+    )
+    .await;
+    assert!(matches!(got, Err(FetchError::Redirect(_))), "{got:?}");
+    assert_eq!(up.hits(), before + 1 + FetchConfig::default().max_redirects);
 }
