@@ -1777,3 +1777,370 @@ async fn a_redirect_to_a_refused_host_is_not_followed() {
     assert!(matches!(got, Err(FetchError::Redirect(_))), "{got:?}");
     assert_eq!(up.hits(), before + 1 + FetchConfig::default().max_redirects);
 }
+
+// ---------------------------------------------------------------------------
+// 5. Auth.
+// ---------------------------------------------------------------------------
+
+const TOKEN: &str = "s3cret-Tok3n-XYZ";
+const READ_TOKEN: &str = "r3ad-0nly-ABC";
+
+/// Status of a request; an event stream's body is not read (it never
+/// ends), any other body is, and an error body must have the JSON shape.
+async fn probe(req: reqwest::RequestBuilder) -> Reply {
+    let resp = req.send().await.expect("request completes");
+    let status = resp.status().as_u16();
+    let headers: HashMap<String, String> = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let streaming = headers
+        .get("content-type")
+        .is_some_and(|c| c == "text/event-stream");
+    let body = if streaming {
+        Bytes::new()
+    } else {
+        resp.bytes().await.expect("body")
+    };
+    let reply = Reply {
+        status,
+        headers,
+        body,
+    };
+    if status >= 400 {
+        reply.error(status);
+    }
+    reply
+}
+
+/// A server with `token` and `read_token`, and a resource `r` that has a
+/// first version.
+async fn server_with_tokens() -> (Server, Upstream) {
+    let up = Upstream::start().await;
+    let s = Server::start(|c| {
+        c.allow_private_upstreams = true;
+        c.token = Some(TOKEN.into());
+        c.read_token = Some(READ_TOKEN.into());
+    })
+    .await;
+    let c = client();
+    create(
+        &c,
+        &s.url(""),
+        json!({"id": "r", "url": up.url("/doc"), "interval_ms": 1000}),
+        Some(TOKEN),
+    )
+    .await;
+    eventually(CLIENT_TIMEOUT, "a first version", || async {
+        let r = send(c.get(s.url("/v1/resources/r/document")).bearer_auth(TOKEN)).await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    (s, up)
+}
+
+/// Every /v1 request, as (method, path): routes, their wrong methods and
+/// paths that match nothing.
+fn v1_requests() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("GET", "/v1/resources"),
+        ("POST", "/v1/resources"),
+        ("GET", "/v1/resources/r"),
+        ("DELETE", "/v1/resources/nonexistent"),
+        ("GET", "/v1/resources/r/document"),
+        ("GET", "/v1/resources/r/document?at=0"),
+        ("GET", "/v1/resources/r/history"),
+        ("GET", "/v1/resources/r/events"),
+        ("GET", "/v1/resources/nonexistent"),
+        ("GET", "/v1/resources/..%2F"),
+        ("PUT", "/v1/resources"),
+        ("PATCH", "/v1/resources/r"),
+        ("GET", "/v1/nope"),
+        ("GET", "/v1"),
+    ]
+}
+
+fn request(
+    c: &reqwest::Client,
+    s: &Server,
+    method: &str,
+    path: &str,
+    up: &Upstream,
+) -> reqwest::RequestBuilder {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+    let req = c.request(m.clone(), s.url(path));
+    if m == reqwest::Method::POST {
+        req.json(&json!({"url": up.url("/doc")}))
+    } else {
+        req
+    }
+}
+
+/// Appends `key=value` to a path's query.
+fn with_query(path: &str, key: &str, value: &str) -> String {
+    let sep = if path.contains('?') { '&' } else { '?' };
+    format!("{path}{sep}{key}={value}")
+}
+
+#[tokio::test]
+async fn with_a_token_every_v1_request_needs_it() {
+    let (s, up) = server_with_tokens().await;
+    let c = stream_client();
+    for (method, path) in v1_requests() {
+        // Missing or wrong credentials: 401 with the JSON shape and a
+        // Bearer challenge, whatever the path or method.
+        let wrong: Vec<(String, Option<String>)> = vec![
+            (path.to_owned(), None),
+            (path.to_owned(), Some("Bearer wrong".into())),
+            (
+                path.to_owned(),
+                Some(format!("Bearer {}", &TOKEN[..TOKEN.len() - 1])),
+            ),
+            (path.to_owned(), Some(format!("Bearer {TOKEN}Z"))),
+            (
+                path.to_owned(),
+                Some(format!("Bearer {}", TOKEN.to_lowercase())),
+            ),
+            (path.to_owned(), Some(format!("Basic {TOKEN}"))),
+            (path.to_owned(), Some(TOKEN.into())),
+            (path.to_owned(), Some("Bearer ".into())),
+            (with_query(path, "access_token", "wrong"), None),
+            (with_query(path, "access_token", ""), None),
+            (with_query(path, "X-Sd-Token", "wrong"), None),
+            (with_query(path, "token", TOKEN), None),
+            // A header, when present, is the credential: a right token in
+            // the query does not rescue a wrong header.
+            (
+                with_query(path, "access_token", TOKEN),
+                Some("Bearer wrong".into()),
+            ),
+        ];
+        for (target, authorization) in wrong {
+            let mut req = request(&c, &s, method, &target, &up);
+            if let Some(a) = &authorization {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let reply = probe(req).await;
+            assert_eq!(
+                reply.status, 401,
+                "{method} {target} with {authorization:?}"
+            );
+            reply.error_code(401, "unauthorized");
+            assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        }
+        // The token in a header the server does not read is no credential.
+        let reply = probe(request(&c, &s, method, path, &up).header("X-Sd-Token", TOKEN)).await;
+        assert_eq!(
+            reply.status, 401,
+            "{method} {path} with an X-Sd-Token header"
+        );
+
+        // The right token, in each accepted place: anything but 401/403.
+        let right: Vec<(String, Option<String>)> = vec![
+            (path.to_owned(), Some(format!("Bearer {TOKEN}"))),
+            (path.to_owned(), Some(format!("bearer {TOKEN}"))),
+            (with_query(path, "access_token", TOKEN), None),
+            (with_query(path, "X-Sd-Token", TOKEN), None),
+            (with_query(path, "x-sd-token", TOKEN), None),
+        ];
+        for (target, authorization) in right {
+            let mut req = request(&c, &s, method, &target, &up);
+            if let Some(a) = &authorization {
+                req = req.header(header::AUTHORIZATION, a);
+            }
+            let reply = probe(req).await;
+            assert!(
+                reply.status != 401 && reply.status != 403,
+                "{method} {target} with {authorization:?}: {}",
+                reply.status
+            );
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_token_reads_and_subscribes_but_cannot_write() {
+    let (s, up) = server_with_tokens().await;
+    let c = stream_client();
+    // (query key carrying the read token, or None for a Bearer header)
+    for key in [None, Some("access_token"), Some("X-Sd-Token")] {
+        let at = |path: &str| match key {
+            Some(k) => s.url(&with_query(path, k, READ_TOKEN)),
+            None => s.url(path),
+        };
+        let auth = |req: reqwest::RequestBuilder| match key {
+            Some(_) => req,
+            None => req.bearer_auth(READ_TOKEN),
+        };
+        for (path, status) in [
+            ("/v1/resources", 200),
+            ("/v1/resources/r", 200),
+            ("/v1/resources/r/document", 200),
+            ("/v1/resources/r/document?at=0", 404),
+            ("/v1/resources/r/history", 200),
+        ] {
+            let reply = probe(auth(c.get(at(path)))).await;
+            assert_eq!(reply.status, status, "GET {path} via {key:?}");
+        }
+        let mut sse = Sse::open(auth(c.get(at("/v1/resources/r/events")))).await;
+        assert_eq!(sse.next(CLIENT_TIMEOUT).await.event, "snapshot");
+
+        let reply = probe(
+            auth(c.post(at("/v1/resources"))).json(&json!({"id": "new", "url": up.url("/doc")})),
+        )
+        .await;
+        reply.error_code(403, "forbidden");
+        let reply = probe(auth(c.delete(at("/v1/resources/r")))).await;
+        reply.error_code(403, "forbidden");
+    }
+    // Nothing was created or deleted; the full token can do both.
+    let ids = send(client().get(s.url("/v1/resources")).bearer_auth(TOKEN))
+        .await
+        .json()["resources"]
+        .as_array()
+        .expect("resources")
+        .len();
+    assert_eq!(ids, 1);
+    create(
+        &client(),
+        &s.url(""),
+        json!({"id": "new", "url": up.url("/doc")}),
+        Some(TOKEN),
+    )
+    .await;
+    let reply = send(
+        client()
+            .delete(s.url("/v1/resources/new"))
+            .bearer_auth(TOKEN),
+    )
+    .await;
+    assert_eq!(reply.status, 204);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_and_metrics_stay_open_and_metrics_name_no_resource() {
+    let (s, _up) = server_with_tokens().await;
+    let c = client();
+    for path in ["/healthz", "/healthz?access_token=wrong"] {
+        let r = send(c.get(s.url(path))).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.json(), json!({"status": "ok"}));
+    }
+    let r = send(c.get(s.url("/metrics"))).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"].starts_with("text/plain"));
+    let text = String::from_utf8(r.body.to_vec()).expect("text");
+    assert!(text.contains("patchfeed_events_appended_total"));
+    // Open, so it must not say what is being watched.
+    for secret in [TOKEN, READ_TOKEN, "127.0.0.1", "/doc", "\"r\""] {
+        assert!(!text.contains(secret), "/metrics shows {secret:?}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_reach_the_log_even_at_trace_level() {
+    // Distinctive strings, so that a hit in the log cannot be a coincidence.
+    const FULL: &str = "full-TOKEN-q8Zr3Lw0";
+    const READ: &str = "read-TOKEN-Kp4xV2nJ";
+    const WRONG: &str = "wrong-TOKEN-Ua7cB1sE";
+    const UPSTREAM_SECRET: &str = "upstream-SECRET-Hd9fT6yM";
+    let up = Upstream::start().await;
+    let server = Binary::start(
+        &format!(
+            r#"
+            allow_private_upstreams = true
+            token = "{FULL}"
+            read_token = "{READ}"
+            [[resource]]
+            id = "r"
+            url = "{}"
+            interval = "200ms"
+            headers = {{ Authorization = "Bearer {UPSTREAM_SECRET}" }}
+            "#,
+            up.url("/doc")
+        ),
+        &[("RUST_LOG", "trace")],
+    )
+    .await;
+    let c = stream_client();
+    let u = |path: &str| server.url(path);
+    // Every way of presenting each token, on streams, documents, writes,
+    // errors and unknown paths.
+    for token in [FULL, READ, WRONG] {
+        for path in [
+            "/v1/resources",
+            "/v1/resources/r",
+            "/v1/resources/r/document",
+            "/v1/resources/r/history?limit=5",
+            "/v1/resources/nope",
+            "/v1/nope",
+            "/v1/resources/r/document?at=garbage",
+        ] {
+            probe(c.get(u(path)).bearer_auth(token)).await;
+            probe(c.get(u(&with_query(path, "access_token", token)))).await;
+            probe(c.get(u(&with_query(path, "X-Sd-Token", token)))).await;
+        }
+        probe(
+            c.post(u("/v1/resources"))
+                .bearer_auth(token)
+                .json(&json!({"url": up.url("/doc")})),
+        )
+        .await;
+        probe(c.delete(u(&format!("/v1/resources/gone?access_token={token}")))).await;
+        for events in [
+            format!("/v1/resources/r/events?access_token={token}"),
+            format!("/v1/resources/r/events?X-Sd-Token={token}"),
+        ] {
+            let resp = c.get(u(&events)).send().await.expect("stream request");
+            if resp.status() == 200 {
+                let mut sse = Sse {
+                    body: Box::pin(resp.bytes_stream()),
+                    buf: Vec::new(),
+                };
+                sse.next(CLIENT_TIMEOUT).await;
+            }
+        }
+    }
+    // Raw, with the token in a malformed request and a too-large head.
+    raw(
+        server.addr,
+        format!("GET /v1/resources?access_token={FULL} HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    raw(
+        server.addr,
+        format!(
+            "GET /v1/resources?access_token={FULL} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {FULL}\r\nX: {}\r\n\r\n",
+            "a".repeat(70 * 1024)
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(
+        up.hits() > 0,
+        "the upstream was polled (with its secret header)"
+    );
+    let log = server.stop().await;
+    // The log is really at trace level and shows the requests.
+    assert!(log.contains("TRACE"), "no trace output");
+    assert!(log.contains("/v1/resources/r/events"), "paths are logged");
+    for secret in [FULL, READ, WRONG, UPSTREAM_SECRET] {
+        let at = log.find(secret);
+        assert!(
+            at.is_none(),
+            "{secret} in the log: …{}…",
+            at.map(|i| &log[i.saturating_sub(200)..(i + 100).min(log.len())])
+                .unwrap_or_default()
+        );
+    }
+}
