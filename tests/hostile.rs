@@ -1498,6 +1498,45 @@ fn read_until_with(sse: Sse, first: Frame, stop: CancellationToken) -> JoinHandl
     })
 }
 
+#[tokio::test]
+async fn extreme_but_valid_settings_do_not_break_the_server() {
+    let up = Upstream::start().await;
+    let server = Binary::start("allow_private_upstreams = true\n", &[]).await;
+    let c = client();
+    // The largest values the body allows: accepted (they are not invalid),
+    // and must not overflow anything when used.
+    let created = create(
+        &c,
+        &server.url(""),
+        json!({
+            "id": "huge",
+            "url": up.url("/doc"),
+            "interval_ms": u64::MAX,
+            "retain": u64::MAX,
+            "snapshot_every": 100_000,
+        }),
+        None,
+    )
+    .await;
+    assert_eq!(created["interval_ms"], u64::MAX);
+    let url = server.url("/v1/resources/huge");
+    eventually(CLIENT_TIMEOUT, "the first poll", || async {
+        let v = send(c.get(&url)).await.json();
+        v["last_event_id"].as_str().map(str::to_owned)
+    })
+    .await;
+    // The poller is now waiting for its next turn (in ~585 million years);
+    // the server still answers, streams, and shuts down cleanly.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut sse = Sse::open(stream_client().get(server.url("/v1/resources/huge/events"))).await;
+    assert_eq!(sse.next(CLIENT_TIMEOUT).await.event, "snapshot");
+    let r = send(c.get(&url)).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["last_error"].is_null());
+    assert_eq!(send(c.delete(&url)).await.status, 204);
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // 4. Upstream guard (SSRF).
 // ---------------------------------------------------------------------------
@@ -2156,43 +2195,4 @@ async fn tokens_never_reach_the_log_even_at_trace_level() {
                 .unwrap_or_default()
         );
     }
-}
-
-#[tokio::test]
-async fn extreme_but_valid_settings_do_not_break_the_server() {
-    let up = Upstream::start().await;
-    let server = Binary::start("allow_private_upstreams = true\n", &[]).await;
-    let c = client();
-    // The largest values the body allows: accepted (they are not invalid),
-    // and must not overflow anything when used.
-    let created = create(
-        &c,
-        &server.url(""),
-        json!({
-            "id": "huge",
-            "url": up.url("/doc"),
-            "interval_ms": u64::MAX,
-            "retain": u64::MAX,
-            "snapshot_every": 100_000,
-        }),
-        None,
-    )
-    .await;
-    assert_eq!(created["interval_ms"], u64::MAX);
-    let url = server.url("/v1/resources/huge");
-    eventually(CLIENT_TIMEOUT, "the first poll", || async {
-        let v = send(c.get(&url)).await.json();
-        v["last_event_id"].as_str().map(str::to_owned)
-    })
-    .await;
-    // The poller is now waiting for its next turn (in ~585 million years);
-    // the server still answers, streams, and shuts down cleanly.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut sse = Sse::open(stream_client().get(server.url("/v1/resources/huge/events"))).await;
-    assert_eq!(sse.next(CLIENT_TIMEOUT).await.event, "snapshot");
-    let r = send(c.get(&url)).await;
-    assert_eq!(r.status, 200);
-    assert!(r.json()["last_error"].is_null());
-    assert_eq!(send(c.delete(&url)).await.status, 204);
-    server.stop().await;
 }
