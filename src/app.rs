@@ -3,7 +3,10 @@
 //! within a grace period, stop the pollers and flush the store.
 //!
 //! The accept loop is ours rather than `axum::serve` so that connections
-//! are capped (over the cap: a JSON 503) and request heads are bounded.
+//! are capped (over the cap: a JSON 503), request heads are bounded, and
+//! hyper's own error responses get the JSON shape (`conn_io`).
+
+mod conn_io;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -18,8 +21,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-
-mod head_guard;
 
 use crate::api::{self, AppState, Auth, HttpLimits};
 use crate::config::Config;
@@ -190,11 +191,15 @@ pub async fn serve(
             continue;
         };
         let mut http = hyper::server::conn::http1::Builder::new();
+        // `max_buf_size` alone lets a head through that arrives in a read
+        // overshooting it; `max_header_size` is exact. The buffer bound
+        // also caps what hyper queues for a client that does not read.
         http.max_buf_size(MAX_HEAD_BYTES)
+            .max_header_size(MAX_HEAD_BYTES)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
         let conn = http.serve_connection(
-            TokioIo::new(head_guard::HeadGuard::new(stream)),
+            TokioIo::new(conn_io::ConnIo::new(stream)),
             TowerToHyperService::new(router.clone()),
         );
         let conn = graceful.watch(conn);

@@ -67,6 +67,10 @@ pub struct StreamConfig {
     pub retry_ms: u64,
     /// Events per log read while catching up.
     pub page: usize,
+    /// Bytes of patches per log read while catching up (at least one
+    /// event): a client catching up holds about this much, whatever the
+    /// size of the events.
+    pub page_bytes: usize,
 }
 
 impl Default for StreamConfig {
@@ -75,6 +79,7 @@ impl Default for StreamConfig {
             keep_alive: Duration::from_secs(15),
             retry_ms: 2000,
             page: 512,
+            page_bytes: 256 * 1024,
         }
     }
 }
@@ -259,9 +264,15 @@ impl Session {
     fn catch_up(&mut self) -> Option<Bytes> {
         let cursor = self.cursor?;
         let page = self.ctx.config.page.max(1);
-        match self.ctx.store.read_after(&self.id, cursor, page) {
+        let page_bytes = self.ctx.config.page_bytes;
+        match self
+            .ctx
+            .store
+            .read_after_capped(&self.id, cursor, page, page_bytes)
+        {
             Ok(ReadAfter::Events(events)) => {
-                if events.len() < page {
+                let bytes: usize = events.iter().map(|e| e.patch.len()).sum();
+                if events.len() < page && bytes < page_bytes {
                     self.catching_up = false;
                 }
                 let last = events.last()?.id;

@@ -1,7 +1,8 @@
-//! Bearer-token access to `/v1` (and the streamdata route): a full token,
-//! and an optional read-only one. Tokens come from `Authorization: Bearer`,
-//! `?access_token=` or `?X-Sd-Token=` (browsers' EventSource cannot set
-//! headers). Compared in constant time; never logged.
+//! Bearer-token access to every `/v1` path (and the streamdata route),
+//! whether a route matches it or not: a full token, and an optional
+//! read-only one. Tokens come from `Authorization: Bearer`, `?access_token=`
+//! or `?X-Sd-Token=` (browsers' EventSource cannot set headers). Compared in
+//! constant time; never logged.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, Method, Uri};
@@ -81,9 +82,20 @@ pub fn check_read(auth: &Auth, headers: &HeaderMap, uri: &Uri) -> Result<(), Api
     }
 }
 
+/// Whether a path needs a token (when one is configured): everything under
+/// `/v1`, matched or not. The streamdata route checks its own credential
+/// (`check_read`), so that its 401 carries CORS headers and its preflight
+/// needs none.
+fn protected(path: &str) -> bool {
+    ["/v1"].iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
 pub async fn require(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let auth = &state.auth;
-    if !auth.enabled() {
+    if !auth.enabled() || !protected(req.uri().path()) {
         return next.run(req).await;
     }
     let read_only = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
@@ -105,6 +117,23 @@ mod tests {
         assert!(!ct_eq("abc", "abd"));
         assert!(!ct_eq("abc", "abcd"));
         assert!(ct_eq("", ""));
+    }
+
+    #[test]
+    fn protected_paths() {
+        for p in ["/v1", "/v1/", "/v1/resources", "/v1/nope"] {
+            assert!(protected(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/healthz",
+            "/metrics",
+            "/v10",
+            "/v1x/resources",
+            "/streamdatax",
+        ] {
+            assert!(!protected(p), "{p}");
+        }
     }
 
     #[test]

@@ -133,6 +133,7 @@ pub fn for_status(status: StatusCode) -> (&'static str, &'static str) {
         405 => ("method_not_allowed", "method not allowed"),
         408 => ("request_timeout", "the request took too long"),
         413 => ("payload_too_large", "request body too large"),
+        414 => ("uri_too_long", "request URI too long"),
         415 => ("unsupported_media_type", "unsupported media type"),
         422 => ("invalid_request", "the request is not valid"),
         431 => ("headers_too_large", "request headers too large"),

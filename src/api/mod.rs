@@ -49,25 +49,25 @@ pub struct HttpLimits {
 }
 
 pub fn router(state: AppState, limits: &HttpLimits) -> Router {
-    let v1 = Router::new()
+    Router::new()
+        .merge(ops::router())
         .merge(resources::router())
         .merge(documents::router())
         .merge(events::router())
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require));
-    Router::new()
-        .merge(ops::router())
-        .merge(v1)
         .merge(streamdata::router())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
+        .with_state(state.clone())
+        // Around the routes and the fallbacks alike, so that without a
+        // token a /v1 path that matches nothing is 401 too, not 404/405.
+        .layer(middleware::from_fn_with_state(state, auth::require))
         .layer(RequestBodyLimitLayer::new(limits.max_request_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
-        // Outside the limit and timeout layers, so their 413 and 408 get the
-        // JSON shape too.
+        // Outside the body limit and the timeout, whose 413 and 408 are
+        // plain text of their own.
         .layer(middleware::map_response(json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             // The path only: query strings may carry access tokens.

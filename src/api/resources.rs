@@ -51,12 +51,12 @@ async fn create_resource(
     State(state): State<AppState>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let new: NewResource = serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::InvalidResource(format!("invalid resource: {e}"))
-        }
-        _ => ApiError::BadRequest(format!("body is not valid JSON: {e}")),
-    })?;
+    // Syntax first, then shape: parsing straight into `NewResource` would
+    // report `{} trailing` as a missing field (422), not as broken JSON.
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let new = NewResource::deserialize(value)
+        .map_err(|e| ApiError::InvalidResource(format!("invalid resource: {e}")))?;
     let spec = validate(&state, new)?;
     match state.registry.create(spec).await? {
         Created::New(r) => {

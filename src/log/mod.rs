@@ -575,6 +575,19 @@ impl Store {
         after: Ulid,
         limit: usize,
     ) -> Result<ReadAfter, StoreError> {
+        self.read_after_capped(id, after, limit, usize::MAX)
+    }
+
+    /// [`Store::read_after`], stopping early once the patches read add up
+    /// to `max_bytes` (at least one event is read): memory per read is
+    /// bounded by bytes, not only by a count of events of any size.
+    pub fn read_after_capped(
+        &self,
+        id: &ResourceId,
+        after: Ulid,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ReadAfter, StoreError> {
         let entry = self.entry(id)?;
         let s = read(&entry.state).clone();
         let (Some(head), Some(horizon)) = (s.head, s.horizon) else {
@@ -586,7 +599,7 @@ impl Store {
         if after >= head.id.0 || limit == 0 {
             return Ok(ReadAfter::Events(Vec::new()));
         }
-        let events = self.scan_events(entry.rkey, after, head.id.0, limit)?;
+        let events = self.scan_events(entry.rkey, after, head.id.0, limit, max_bytes)?;
         // A compaction may have moved the horizon past `after` meanwhile.
         if let Some(h) = read(&entry.state).horizon {
             if after < h.0 {
@@ -596,13 +609,15 @@ impl Store {
         Ok(ReadAfter::Events(events))
     }
 
-    /// Events in (after, upto], at most `limit`.
+    /// Events in (after, upto], at most `limit`, and no more once their
+    /// patches add up to `max_bytes`.
     fn scan_events(
         &self,
         rkey: u64,
         after: Ulid,
         upto: Ulid,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Event>, StoreError> {
         let Some(first) = keys::succ(after) else {
             return Ok(Vec::new());
@@ -610,10 +625,15 @@ impl Store {
         let lo = keys::entry(keys::EVENT, rkey, first);
         let hi = keys::entry(keys::EVENT, rkey, upto);
         let mut out = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0usize;
         for kv in self.inner.tree.range(lo..=hi).take(limit) {
+            if bytes >= max_bytes {
+                break;
+            }
             let (k, v) = kv?;
             let id = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
             let patch = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
+            bytes = bytes.saturating_add(patch.len());
             out.push(Event { id, patch });
         }
         Ok(out)
@@ -715,7 +735,8 @@ impl Store {
                 next_after: None,
             });
         }
-        let mut events = self.scan_events(entry.rkey, lo, hi, limit.saturating_add(1))?;
+        let mut events =
+            self.scan_events(entry.rkey, lo, hi, limit.saturating_add(1), usize::MAX)?;
         // A compaction may have moved the horizon meanwhile: an explicit
         // interval that now starts below it is gone; an open one starts at it.
         let now = read(&entry.state).clone();

@@ -471,3 +471,42 @@ async fn read_after_the_last_id_of_a_millisecond() {
         matches!(store.document_at(&id, crate::model::Point::Time(1_000)).unwrap(), At::Found { doc, .. } if *doc == json!({"n": 1}))
     );
 }
+
+/// A capped read stops once the patches read reach the cap, but always
+/// returns at least one event, and the events are a prefix of the uncapped
+/// read.
+#[tokio::test]
+async fn read_after_capped_bounds_bytes_not_only_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = ResourceId::new("r").unwrap();
+    store.create(spec("r", 10, None), 0).await.unwrap();
+    let mut first = None;
+    for n in 0..10u64 {
+        let e = store
+            .append_at(
+                &id,
+                json!({ "blob": "x".repeat(1000 + n as usize) }),
+                1_000 + n,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        first.get_or_insert(e.id);
+    }
+    let after = first.unwrap().0;
+    let ReadAfter::Events(all) = store.read_after(&id, after, 100).unwrap() else {
+        panic!()
+    };
+    assert_eq!(all.len(), 9);
+    for (cap, want) in [(1, 1), (1000, 1), (2500, 3), (1 << 20, 9)] {
+        let ReadAfter::Events(got) = store.read_after_capped(&id, after, 100, cap).unwrap() else {
+            panic!()
+        };
+        assert_eq!(got.len(), want, "cap {cap}");
+        assert_eq!(
+            got.iter().map(|e| e.id).collect::<Vec<_>>(),
+            all.iter().take(want).map(|e| e.id).collect::<Vec<_>>()
+        );
+    }
+}

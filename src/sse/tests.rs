@@ -114,6 +114,7 @@ fn run_case(
                 keep_alive: Duration::from_millis(50),
                 retry_ms: 1000,
                 page: 2,
+                page_bytes: 64,
             },
             shutdown: CancellationToken::new(),
         };

@@ -5,6 +5,5 @@
 mod crash_server;
 mod documents;
 mod faults;
-mod hostile;
 mod stream;
 mod support;
