@@ -80,6 +80,34 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    start(config, demo, listener, shutdown).await?.wait().await
+}
+
+/// A server started by [`start`]: it serves until its `shutdown` token is
+/// cancelled.
+pub struct Running {
+    /// The live resources, for in-process callers (the fan-out bench hands
+    /// documents to `Registry::ingest` faster than polling could).
+    pub registry: Arc<Registry>,
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Waits until the server has drained and flushed the store.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("the server task failed")?
+    }
+}
+
+/// Opens the store, registers resources, announces the address and spawns
+/// the accept loop; returns once the server is ready to accept.
+pub async fn start(
+    config: Config,
+    demo: bool,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
     let limits = &config.limits;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
@@ -163,6 +191,51 @@ pub async fn serve(
     announce(addr);
     tracing::info!(%addr, resources = registry.store().resources().len(), "serving");
 
+    let task = tokio::spawn(accept_loop(Serving {
+        listener,
+        router,
+        limits: limits.clone(),
+        metrics,
+        registry: registry.clone(),
+        store,
+        compactor,
+        reaper,
+        shutdown,
+    }));
+    Ok(Running {
+        registry,
+        addr,
+        task,
+    })
+}
+
+/// What the accept loop owns until shutdown.
+struct Serving {
+    listener: TcpListener,
+    router: axum::Router,
+    limits: crate::config::Limits,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    store: Store,
+    compactor: tokio::task::JoinHandle<()>,
+    reaper: tokio::task::JoinHandle<()>,
+    shutdown: CancellationToken,
+}
+
+/// Accepts until shutdown, then drains connections, stops the pollers and
+/// flushes the store.
+async fn accept_loop(s: Serving) -> anyhow::Result<()> {
+    let Serving {
+        listener,
+        router,
+        limits,
+        metrics,
+        registry,
+        store,
+        compactor,
+        reaper,
+        shutdown,
+    } = s;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));

@@ -16,7 +16,7 @@ use crate::config::ProxyConfig;
 use crate::hub::Hub;
 use crate::log::{Compaction, Created, LogStatus, Store, StoreError};
 use crate::metrics::Metrics;
-use crate::model::{now_ms, ResourceId, ResourceRecord, ResourceSpec};
+use crate::model::{now_ms, EventId, ResourceId, ResourceRecord, ResourceSpec};
 use crate::poll::fetch::Fetcher;
 use crate::poll::poller::{PollStatus, Poller};
 
@@ -164,6 +164,19 @@ impl Registry {
                 status,
             },
         );
+    }
+
+    /// Appends `doc` as the next version of `id` and publishes it once
+    /// durable, exactly as a poll that fetched it would (minus the poll
+    /// status): for callers that have the document in hand, such as the
+    /// fan-out bench, which needs more than one event per poll interval.
+    /// `None` when it equals the current version.
+    pub async fn ingest(
+        &self,
+        id: &ResourceId,
+        doc: serde_json::Value,
+    ) -> Result<Option<EventId>, StoreError> {
+        crate::poll::poller::ingest(&self.store, &self.hub, &self.metrics, id, doc).await
     }
 
     /// Creates a resource and starts polling it; `Exists` changes nothing.

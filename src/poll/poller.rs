@@ -8,6 +8,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +18,27 @@ use super::fetch::{Fetched, Fetcher, Validators};
 use crate::hub::{Hub, UpstreamError};
 use crate::log::{Store, StoreError};
 use crate::metrics::Metrics;
-use crate::model::{now_ms, ResourceSpec};
+use crate::model::{now_ms, EventId, ResourceId, ResourceSpec};
+
+/// Appends a new version of `id` and, once it is durable, publishes it:
+/// what happens to every fetched document, and to documents handed over by
+/// [`crate::registry::Registry::ingest`], so that both take one path.
+/// `None` when the document did not change.
+pub(crate) async fn ingest(
+    store: &Store,
+    hub: &Hub,
+    metrics: &Metrics,
+    id: &ResourceId,
+    doc: Value,
+) -> Result<Option<EventId>, StoreError> {
+    let Some((event, prev)) = store.append_chained(id, doc, now_ms()).await? else {
+        return Ok(None);
+    };
+    Metrics::inc(&metrics.events_appended);
+    let event_id = event.id;
+    hub.publish(id, event, prev);
+    Ok(Some(event_id))
+}
 
 /// Longest back-off after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -59,11 +81,9 @@ impl Poller {
                     interval
                 }
                 Ok(Fetched::Document { doc, validators: v }) => {
-                    match self.store.append_chained(&id, doc, now_ms()).await {
-                        Ok(Some((event, prev))) => {
+                    match ingest(&self.store, &self.hub, &self.metrics, &id, doc).await {
+                        Ok(Some(_)) => {
                             Metrics::inc(&self.metrics.polls_changed);
-                            Metrics::inc(&self.metrics.events_appended);
-                            self.hub.publish(&id, event, prev);
                             validators = v;
                             self.healthy();
                             backoff.reset();
