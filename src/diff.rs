@@ -102,13 +102,20 @@ fn diff_array(
     if local.is_empty() {
         return;
     }
-    // One `replace` of the array is smaller: send that.
-    let whole_op = replace(path, whole);
-    if local.len() > 1 && size(&local) > size(&whole_op) {
-        ops.push(whole_op);
-    } else {
-        ops.append(&mut local);
+    // One `replace` of the array is smaller: send that. Its size is at
+    // least 2 bytes per item (value and comma) plus the op's own ~40, so
+    // small edit lists are kept without serializing the array.
+    if local.len() > 1 {
+        let ours = size(&local);
+        if ours > 2 * whole.as_array().map_or(0, Vec::len) + 40 {
+            let whole_op = replace(path, whole);
+            if ours > size(&whole_op) {
+                ops.push(whole_op);
+                return;
+            }
+        }
     }
+    ops.append(&mut local);
 }
 
 fn array_ops(x: &[Value], y: &[Value], path: &mut PointerBuf, ops: &mut Vec<PatchOperation>) {
@@ -406,11 +413,54 @@ fn myers(n: usize, m: usize, max: usize, eq: impl Fn(usize, usize) -> bool) -> O
     Some(script)
 }
 
-/// A structural hash of a JSON value (no allocation).
+/// A structural hash of a JSON value (no allocation). Equality is always
+/// confirmed on a hash match, so a fast non-cryptographic hash will do.
 fn hash(v: &Value) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut h = FxHasher(0);
     hash_into(v, &mut h);
     h.finish()
+}
+
+/// The rustc "Fx" hash: a rotate, xor and multiply per word; several times
+/// faster than SipHash on short keys, and hash flooding is harmless here.
+struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn hash_into(v: &Value, h: &mut impl Hasher) {
