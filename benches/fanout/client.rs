@@ -1,0 +1,424 @@
+//! The client role: one process, one current-thread runtime, many raw TCP
+//! SSE connections. Raw TCP with a minimal HTTP/1.1 + chunked + SSE parser
+//! rather than reqwest so that the clients, which share the machine's two
+//! cores with the server under test, cost as little CPU as possible.
+//!
+//! Each connection checks that ids strictly increase and that the sequence
+//! numbers embedded in the documents (`seq`) run without a gap or a
+//! duplicate, and records receipt − embedded time (`t_ns`).
+//!
+//! Protocol with the parent: environment in (`FANOUT_*`), then one line
+//! `ready <ok> <failed>` on stdout once every connection has its first
+//! frame (or failed), then `result <json>` when every connection has seen
+//! `FANOUT_LAST` or the parent writes a line on stdin, or at the deadline.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::hist::Hist;
+
+pub const ROLE_ENV: &str = "FANOUT_ROLE";
+
+/// What every connection of this process shares.
+#[derive(Default)]
+struct Totals {
+    ok: u64,
+    failed: u64,
+    ready: u64,
+    /// Connections that have seen the last sequence number.
+    done: u64,
+    /// Connections that ended (EOF, error) before they were done.
+    dropped: u64,
+    events: u64,
+    gaps: u64,
+    dups: u64,
+    id_errors: u64,
+    bytes: u64,
+    snapshots: u64,
+    lat: Hist,
+    first_recv_ns: u64,
+    last_recv_ns: u64,
+    /// Replay: from the start of the connect to the last event.
+    elapsed_ns: u64,
+}
+
+struct Cfg {
+    addr: String,
+    path: String,
+    last_event_id: Option<String>,
+    first: u64,
+    last: u64,
+    /// Latency is meaningless for a replay of old events.
+    replay: bool,
+    /// Ready once the first SSE event arrived (patchfeed's snapshot), not
+    /// only the response head (nchan sends nothing until a message).
+    wait_first_event: bool,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty())
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+pub fn main() {
+    crate::raise_nofile();
+    let cfg = Rc::new(Cfg {
+        addr: env("FANOUT_ADDR").expect("FANOUT_ADDR"),
+        path: env("FANOUT_PATH").expect("FANOUT_PATH"),
+        last_event_id: env("FANOUT_LAST_EVENT_ID"),
+        first: env("FANOUT_FIRST").unwrap().parse().unwrap(),
+        last: env("FANOUT_LAST").unwrap().parse().unwrap(),
+        replay: env("FANOUT_REPLAY").is_some(),
+        wait_first_event: env("FANOUT_WAIT_FIRST_EVENT").is_some(),
+    });
+    let conns: u64 = env("FANOUT_CONNS").unwrap().parse().unwrap();
+    let deadline = Duration::from_secs(env("FANOUT_DEADLINE_SECS").unwrap().parse().unwrap());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let totals = Rc::new(RefCell::new(Totals::default()));
+        let started = Instant::now();
+        // Few connects in flight at once, so the server's listen backlog
+        // never overflows (a dropped SYN costs a 1 s retransmit).
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+        for _ in 0..conns {
+            let (cfg, totals, gate) = (cfg.clone(), totals.clone(), gate.clone());
+            tokio::task::spawn_local(async move {
+                let permit = gate.acquire_owned().await.unwrap();
+                connection(cfg, totals, permit).await;
+            });
+        }
+        // Ready: every connection has its first frame or failed.
+        let until = started + deadline;
+        loop {
+            let t = totals.borrow();
+            if t.ready + t.failed >= conns || Instant::now() > until {
+                println!("ready {} {}", t.ready, t.failed);
+                break;
+            }
+            drop(t);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Until every connection is done, the parent says stop, or the
+        // deadline.
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let mut line = String::new();
+        let stop = stdin.read_line(&mut line);
+        tokio::pin!(stop);
+        loop {
+            {
+                let t = totals.borrow();
+                if t.done + t.dropped + t.failed >= conns || Instant::now() > until {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        let t = totals.borrow();
+        let json = serde_json::json!({
+            "ok": t.ok, "failed": t.failed, "ready": t.ready, "done": t.done,
+            "dropped": t.dropped, "events": t.events, "gaps": t.gaps,
+            "dups": t.dups, "id_errors": t.id_errors, "bytes": t.bytes,
+            "snapshots": t.snapshots, "first_recv_ns": t.first_recv_ns,
+            "last_recv_ns": t.last_recv_ns, "elapsed_ns": t.elapsed_ns,
+            "lat": t.lat.encode(),
+        });
+        println!("result {json}");
+    });
+    // Sockets close with the process.
+    std::process::exit(0);
+}
+
+/// Per-connection SSE state.
+struct Conn {
+    next: u64,
+    last_id: Vec<u8>,
+    ready: bool,
+    done: bool,
+    // The event being parsed.
+    id: Vec<u8>,
+    event: Vec<u8>,
+    data: Vec<u8>,
+}
+
+async fn connection(
+    cfg: Rc<Cfg>,
+    totals: Rc<RefCell<Totals>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let t0 = Instant::now();
+    let mut permit = Some(permit);
+    let mut sock = match TcpStream::connect(&cfg.addr).await {
+        Ok(s) => s,
+        Err(_) => {
+            totals.borrow_mut().failed += 1;
+            return;
+        }
+    };
+    let _ = sock.set_nodelay(true);
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
+        cfg.path
+    );
+    if let Some(id) = &cfg.last_event_id {
+        req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+    }
+    req.push_str("\r\n");
+    if sock.write_all(req.as_bytes()).await.is_err() {
+        totals.borrow_mut().failed += 1;
+        return;
+    }
+    let mut c = Conn {
+        next: cfg.first,
+        last_id: Vec::new(),
+        ready: false,
+        done: false,
+        id: Vec::new(),
+        event: Vec::new(),
+        data: Vec::new(),
+    };
+    let mut raw: Vec<u8> = Vec::with_capacity(4096);
+    let mut body: Vec<u8> = Vec::with_capacity(4096);
+    let mut head_done = false;
+    let mut chunked = false;
+    // Bytes left in the current chunk; `None` while reading a size line.
+    let mut chunk_left: Option<usize> = None;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let now = now_ns();
+        totals.borrow_mut().bytes += n as u64;
+        raw.extend_from_slice(&buf[..n]);
+        if !head_done {
+            let Some(end) = find(&raw, b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            if !head.starts_with("http/1.1 200") && !head.starts_with("http/1.0 200") {
+                totals.borrow_mut().failed += 1;
+                return;
+            }
+            chunked = head.contains("transfer-encoding: chunked");
+            raw.drain(..end + 4);
+            head_done = true;
+            totals.borrow_mut().ok += 1;
+            if !cfg.wait_first_event {
+                c.ready = true;
+                totals.borrow_mut().ready += 1;
+                permit.take();
+            }
+        }
+        // De-chunk what we have into `body`.
+        if chunked {
+            let mut at = 0;
+            loop {
+                match chunk_left {
+                    None => {
+                        let Some(e) = find(&raw[at..], b"\r\n") else {
+                            break;
+                        };
+                        let line = &raw[at..at + e];
+                        let hex = line.split(|b| *b == b';').next().unwrap_or(b"");
+                        let size = usize::from_str_radix(std::str::from_utf8(hex).unwrap_or("0").trim(), 16)
+                            .unwrap_or(0);
+                        at += e + 2;
+                        if size == 0 {
+                            // End of body.
+                            raw.clear();
+                            at = 0;
+                            break;
+                        }
+                        chunk_left = Some(size);
+                    }
+                    Some(0) => {
+                        // The CRLF after a chunk.
+                        if raw.len() - at < 2 {
+                            break;
+                        }
+                        at += 2;
+                        chunk_left = None;
+                    }
+                    Some(left) => {
+                        let take = left.min(raw.len() - at);
+                        if take == 0 {
+                            break;
+                        }
+                        body.extend_from_slice(&raw[at..at + take]);
+                        at += take;
+                        chunk_left = Some(left - take);
+                    }
+                }
+            }
+            raw.drain(..at);
+        } else {
+            body.append(&mut raw);
+        }
+        // Parse complete lines.
+        let mut at = 0;
+        while let Some(e) = body[at..].iter().position(|b| *b == b'\n') {
+            let line = &body[at..at + e];
+            at += e + 1;
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() {
+                dispatch(&cfg, &mut c, &totals, now, t0);
+                if c.ready && permit.is_some() {
+                    permit.take();
+                }
+                continue;
+            }
+            if line[0] == b':' {
+                continue;
+            }
+            let (field, value) = match line.iter().position(|b| *b == b':') {
+                Some(p) => {
+                    let v = &line[p + 1..];
+                    (&line[..p], v.strip_prefix(b" ").unwrap_or(v))
+                }
+                None => (line, &b""[..]),
+            };
+            match field {
+                b"id" => {
+                    c.id.clear();
+                    c.id.extend_from_slice(value);
+                }
+                b"event" => {
+                    c.event.clear();
+                    c.event.extend_from_slice(value);
+                }
+                b"data" => {
+                    if !c.data.is_empty() {
+                        c.data.push(b'\n');
+                    }
+                    c.data.extend_from_slice(value);
+                }
+                _ => {}
+            }
+        }
+        body.drain(..at);
+        if c.done {
+            // Keep reading (and discarding) until the parent stops us, so
+            // the server never sees a disconnect mid-measurement.
+            continue;
+        }
+    }
+    if !c.done {
+        totals.borrow_mut().dropped += 1;
+    }
+}
+
+fn dispatch(cfg: &Cfg, c: &mut Conn, totals: &RefCell<Totals>, now: u64, t0: Instant) {
+    let data = std::mem::take(&mut c.data);
+    let event = std::mem::take(&mut c.event);
+    if data.is_empty() {
+        c.data = data;
+        c.event = event;
+        c.data.clear();
+        c.event.clear();
+        return;
+    }
+    let mut t = totals.borrow_mut();
+    if !c.ready {
+        c.ready = true;
+        t.ready += 1;
+    }
+    // Ids strictly increase (ULIDs compare as text; nchan's `time:tag`
+    // as numbers).
+    if !c.id.is_empty() {
+        if !c.last_id.is_empty() && !id_less(&c.last_id, &c.id) {
+            t.id_errors += 1;
+        }
+        std::mem::swap(&mut c.last_id, &mut c.id);
+        c.id.clear();
+    }
+    let seq = number_after(&data, b"seq\"");
+    let snapshot = event == b"snapshot";
+    if snapshot {
+        t.snapshots += 1;
+    }
+    if let Some(seq) = seq {
+        if seq >= cfg.first && !c.done {
+            if seq == c.next {
+                c.next += 1;
+            } else if seq > c.next {
+                t.gaps += seq - c.next;
+                c.next = seq + 1;
+            } else {
+                t.dups += 1;
+            }
+            if !snapshot {
+                t.events += 1;
+                if t.first_recv_ns == 0 {
+                    t.first_recv_ns = now;
+                }
+                t.last_recv_ns = t.last_recv_ns.max(now);
+                if !cfg.replay {
+                    if let Some(sent) = number_after(&data, b"t_ns\"") {
+                        t.lat.record(now.saturating_sub(sent) / 1000);
+                    }
+                }
+            }
+            if c.next > cfg.last {
+                c.done = true;
+                t.done += 1;
+                t.elapsed_ns = t.elapsed_ns.max(t0.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+    c.data = data;
+    c.event = event;
+    c.data.clear();
+    c.event.clear();
+}
+
+fn id_less(a: &[u8], b: &[u8]) -> bool {
+    if a.contains(&b':') || b.contains(&b':') {
+        let nums = |s: &[u8]| -> Vec<u64> {
+            s.split(|c| !c.is_ascii_digit())
+                .filter(|p| !p.is_empty())
+                .map(|p| std::str::from_utf8(p).unwrap().parse().unwrap_or(0))
+                .collect()
+        };
+        nums(a) < nums(b)
+    } else {
+        a < b
+    }
+}
+
+fn find(h: &[u8], needle: &[u8]) -> Option<usize> {
+    h.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The first run of digits after `key` in `data`: `"seq":7` in a document,
+/// `"path":"/seq","value":7` in a patch.
+fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
+    let at = find(data, key)? + key.len();
+    let rest = &data[at..];
+    let start = rest.iter().position(|b| b.is_ascii_digit())?;
+    let mut n: u64 = 0;
+    for b in &rest[start..] {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        n = n * 10 + u64::from(b - b'0');
+    }
+    Some(n)
+}
