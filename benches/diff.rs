@@ -2,13 +2,15 @@
 //! bytes (ours, the json-patch crate's index-by-index diff), and diff time
 //! against the time to parse the new document with serde_json.
 //!
-//! `cargo bench --bench diff` runs the criterion timings after printing the
-//! size table. With `PATCHFEED_DIFF_CORPUS=DIR` it only writes the corpus
+//! `cargo bench --bench diff` prints the size table and a table of diff
+//! time over parse time (medians of alternating rounds), then runs the
+//! criterion timings (skipped with `PATCHFEED_DIFF_RATIOS_ONLY=1`). With `PATCHFEED_DIFF_CORPUS=DIR` it only writes the corpus
 //! (`NAME.a.json`, `NAME.b.json`) and our patch sizes (`ours.json`) for
 //! `benches/peers/run.sh`, which diffs the same pairs with npm `rfc6902`,
 //! npm `fast-json-patch` and Python `jsonpatch`.
 
-use std::time::Duration;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use serde_json::{json, Value};
@@ -183,6 +185,43 @@ fn print_sizes() {
     }
 }
 
+/// Diff time over parse time per scenario, as medians of rounds that
+/// alternate the two, so that noise on this shared machine hits both alike.
+fn print_ratios() {
+    const ROUNDS: usize = 41;
+    println!();
+    println!("| scenario | diff median | parse median | diff / parse |");
+    println!("|---|---:|---:|---:|");
+    for (name, a, b) in corpus() {
+        let text = serde_json::to_vec(&b).unwrap();
+        // Enough iterations per round for ~20 ms of parsing.
+        let t = Instant::now();
+        black_box(serde_json::from_slice::<Value>(&text).unwrap());
+        let iters = (20_000_000 / t.elapsed().as_nanos().max(1)).clamp(1, 100_000) as u32;
+        let (mut d, mut p) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            for _ in 0..iters {
+                black_box(patchfeed::diff::diff(black_box(&a), black_box(&b)));
+            }
+            d.push(t.elapsed() / iters);
+            let t = Instant::now();
+            for _ in 0..iters {
+                black_box(serde_json::from_slice::<Value>(black_box(&text)).unwrap());
+            }
+            p.push(t.elapsed() / iters);
+        }
+        d.sort();
+        p.sort();
+        let (d, p) = (d[ROUNDS / 2], p[ROUNDS / 2]);
+        println!(
+            "| {name} | {d:.1?} | {p:.1?} | {:.2} |",
+            d.as_secs_f64() / p.as_secs_f64()
+        );
+    }
+    println!();
+}
+
 fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("diff");
     g.sample_size(30)
@@ -208,6 +247,10 @@ fn main() {
         return;
     }
     print_sizes();
+    print_ratios();
+    if std::env::var_os("PATCHFEED_DIFF_RATIOS_ONLY").is_some() {
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     benches(&mut c);
     c.final_summary();
