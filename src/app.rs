@@ -129,6 +129,7 @@ pub async fn start(
         allow_private: true,
         ..fetch.clone()
     };
+    let ingest = IngestRuntime::start().context("starting the ingest thread")?;
     let registry = Registry::new(
         store.clone(),
         hub.clone(),
@@ -136,6 +137,7 @@ pub async fn start(
         Fetcher::new(fetch).context("building the HTTP client")?,
         Fetcher::new(trusted).context("building the HTTP client")?,
         shutdown.clone(),
+        ingest.handle.clone(),
     );
 
     for spec in &config.resources {
@@ -201,6 +203,7 @@ pub async fn start(
         compactor,
         reaper,
         shutdown,
+        ingest,
     }));
     Ok(Running {
         registry,
@@ -220,6 +223,8 @@ struct Serving {
     compactor: tokio::task::JoinHandle<()>,
     reaper: tokio::task::JoinHandle<()>,
     shutdown: CancellationToken,
+    /// Outlives the final flush: dropped last.
+    ingest: IngestRuntime,
 }
 
 /// Accepts until shutdown, then drains connections, stops the pollers and
@@ -235,6 +240,7 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
         compactor,
         reaper,
         shutdown,
+        ingest,
     } = s;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -300,8 +306,45 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
     let _ = compactor.await;
     let _ = reaper.await;
     store.flush().await.context("final flush")?;
+    drop(ingest);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A thread running a current-thread runtime for the pollers and appends.
+///
+/// Publishing an event wakes every subscriber's task at once; on the
+/// shared runtime, the next append's wake-ups (the flush thread's answer
+/// comes through the global queue) waited behind all of them, so one
+/// resource published at most one event per fan-out and every subscriber
+/// paid one write per event. On a thread of their own, appends keep their
+/// pace and subscribers that fall behind write several events at once.
+struct IngestRuntime {
+    handle: tokio::runtime::Handle,
+    stop: CancellationToken,
+}
+
+impl IngestRuntime {
+    fn start() -> std::io::Result<IngestRuntime> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = rt.handle().clone();
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        std::thread::Builder::new()
+            .name("patchfeed-ingest".into())
+            .spawn(move || rt.block_on(until.cancelled()))?;
+        Ok(IngestRuntime { handle, stop })
+    }
+}
+
+impl Drop for IngestRuntime {
+    /// Ends the thread; tasks still on it (none after `stop_all`) are
+    /// dropped there, outside any async context.
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// The one line on stdout that tells scripts where we listen.

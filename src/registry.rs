@@ -58,6 +58,9 @@ struct Running {
 }
 
 pub struct Registry {
+    /// Where pollers and appends run: a runtime of their own (see
+    /// `app::IngestRuntime`), so that fan-out work cannot delay them.
+    ingest: tokio::runtime::Handle,
     store: Store,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
@@ -86,8 +89,10 @@ impl Registry {
         fetcher: Fetcher,
         trusted_fetcher: Fetcher,
         shutdown: CancellationToken,
+        ingest: tokio::runtime::Handle,
     ) -> Arc<Registry> {
         Arc::new(Registry {
+            ingest,
             store,
             hub,
             metrics,
@@ -155,7 +160,7 @@ impl Registry {
             fetcher,
             status: status.clone(),
         };
-        let task = tokio::spawn(poller.run(cancel.clone()));
+        let task = self.ingest.spawn(poller.run(cancel.clone()));
         pollers.insert(
             id,
             Running {
@@ -176,7 +181,19 @@ impl Registry {
         id: &ResourceId,
         doc: serde_json::Value,
     ) -> Result<Option<EventId>, StoreError> {
-        crate::poll::poller::ingest(&self.store, &self.hub, &self.metrics, id, doc).await
+        let (store, hub, metrics, id) = (
+            self.store.clone(),
+            self.hub.clone(),
+            self.metrics.clone(),
+            id.clone(),
+        );
+        // On the pollers' runtime, like every other append.
+        self.ingest
+            .spawn(
+                async move { crate::poll::poller::ingest(&store, &hub, &metrics, &id, doc).await },
+            )
+            .await
+            .map_err(|e| StoreError::Flush(format!("ingest task failed: {e}")))?
     }
 
     /// Creates a resource and starts polling it; `Exists` changes nothing.
