@@ -51,7 +51,9 @@ struct Cfg {
     path: String,
     last_event_id: Option<String>,
     first: u64,
-    last: u64,
+    /// The last sequence number, if known yet: from `FANOUT_LAST`, or a
+    /// `last N` line from the parent once it has stopped publishing.
+    last: std::cell::Cell<u64>,
     /// Latency is meaningless for a replay of old events.
     replay: bool,
     /// Ready once the first SSE event arrived (patchfeed's snapshot), not
@@ -77,7 +79,7 @@ pub fn main() {
         path: env("FANOUT_PATH").expect("FANOUT_PATH"),
         last_event_id: env("FANOUT_LAST_EVENT_ID"),
         first: env("FANOUT_FIRST").unwrap().parse().unwrap(),
-        last: env("FANOUT_LAST").unwrap().parse().unwrap(),
+        last: std::cell::Cell::new(env("FANOUT_LAST").map_or(u64::MAX, |v| v.parse().unwrap())),
         replay: env("FANOUT_REPLAY").is_some(),
         wait_first_event: env("FANOUT_WAIT_FIRST_EVENT").is_some(),
     });
@@ -94,30 +96,37 @@ pub fn main() {
         // Few connects in flight at once, so the server's listen backlog
         // never overflows (a dropped SYN costs a 1 s retransmit).
         let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(64));
+        let conns_state: Rc<RefCell<Vec<Rc<Shared>>>> = Rc::default();
         for _ in 0..conns {
             let (cfg, totals, gate) = (cfg.clone(), totals.clone(), gate.clone());
+            let shared = Rc::new(Shared {
+                next: std::cell::Cell::new(cfg.first),
+                done: std::cell::Cell::new(false),
+                t0: Instant::now(),
+            });
+            conns_state.borrow_mut().push(shared.clone());
             tokio::task::spawn_local(async move {
                 let permit = gate.acquire_owned().await.unwrap();
-                connection(cfg, totals, permit).await;
+                connection(cfg, totals, shared, permit).await;
             });
         }
         // Ready: every connection has its first frame or failed.
         let until = started + deadline;
         loop {
-            let t = totals.borrow();
-            if t.ready + t.failed >= conns || Instant::now() > until {
-                println!("ready {} {}", t.ready, t.failed);
+            let (ready, failed) = {
+                let t = totals.borrow();
+                (t.ready, t.failed)
+            };
+            if ready + failed >= conns || Instant::now() > until {
+                println!("ready {ready} {failed}");
                 break;
             }
-            drop(t);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Until every connection is done, the parent says stop, or the
-        // deadline.
-        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-        let mut line = String::new();
-        let stop = stdin.read_line(&mut line);
-        tokio::pin!(stop);
+        // deadline. A `last N` line sets the last sequence number.
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut stdin_open = true;
         loop {
             {
                 let t = totals.borrow();
@@ -126,7 +135,19 @@ pub fn main() {
                 }
             }
             tokio::select! {
-                _ = &mut stop => break,
+                l = stdin.next_line(), if stdin_open => match l {
+                    Ok(Some(l)) => match l.strip_prefix("last ") {
+                        Some(n) => {
+                            cfg.last.set(n.trim().parse().unwrap());
+                            // Connections already past it are done now.
+                            for c in conns_state.borrow().iter() {
+                                c.check_done(&cfg, &totals);
+                            }
+                        }
+                        None => break,
+                    },
+                    _ => stdin_open = false,
+                },
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
@@ -145,12 +166,31 @@ pub fn main() {
     std::process::exit(0);
 }
 
+/// What the main loop sees of a connection.
+struct Shared {
+    /// The next sequence number expected.
+    next: std::cell::Cell<u64>,
+    /// Has seen the last sequence number.
+    done: std::cell::Cell<bool>,
+    t0: Instant,
+}
+
+impl Shared {
+    fn check_done(&self, cfg: &Cfg, totals: &RefCell<Totals>) {
+        if !self.done.get() && self.next.get() > cfg.last.get() {
+            self.done.set(true);
+            let mut t = totals.borrow_mut();
+            t.done += 1;
+            t.elapsed_ns = t.elapsed_ns.max(self.t0.elapsed().as_nanos() as u64);
+        }
+    }
+}
+
 /// Per-connection SSE state.
 struct Conn {
-    next: u64,
+    shared: Rc<Shared>,
     last_id: Vec<u8>,
     ready: bool,
-    done: bool,
     // The event being parsed.
     id: Vec<u8>,
     event: Vec<u8>,
@@ -160,9 +200,9 @@ struct Conn {
 async fn connection(
     cfg: Rc<Cfg>,
     totals: Rc<RefCell<Totals>>,
+    shared: Rc<Shared>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let t0 = Instant::now();
     let mut permit = Some(permit);
     let mut sock = match TcpStream::connect(&cfg.addr).await {
         Ok(s) => s,
@@ -185,10 +225,9 @@ async fn connection(
         return;
     }
     let mut c = Conn {
-        next: cfg.first,
+        shared,
         last_id: Vec::new(),
         ready: false,
-        done: false,
         id: Vec::new(),
         event: Vec::new(),
         data: Vec::new(),
@@ -238,8 +277,11 @@ async fn connection(
                         };
                         let line = &raw[at..at + e];
                         let hex = line.split(|b| *b == b';').next().unwrap_or(b"");
-                        let size = usize::from_str_radix(std::str::from_utf8(hex).unwrap_or("0").trim(), 16)
-                            .unwrap_or(0);
+                        let size = usize::from_str_radix(
+                            std::str::from_utf8(hex).unwrap_or("0").trim(),
+                            16,
+                        )
+                        .unwrap_or(0);
                         at += e + 2;
                         if size == 0 {
                             // End of body.
@@ -279,7 +321,7 @@ async fn connection(
             at += e + 1;
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() {
-                dispatch(&cfg, &mut c, &totals, now, t0);
+                dispatch(&cfg, &mut c, &totals, now);
                 if c.ready && permit.is_some() {
                     permit.take();
                 }
@@ -313,19 +355,16 @@ async fn connection(
                 _ => {}
             }
         }
+        // Once done, keep reading (and discarding) until the parent stops
+        // us, so the server never sees a disconnect mid-measurement.
         body.drain(..at);
-        if c.done {
-            // Keep reading (and discarding) until the parent stops us, so
-            // the server never sees a disconnect mid-measurement.
-            continue;
-        }
     }
-    if !c.done {
+    if !c.shared.done.get() {
         totals.borrow_mut().dropped += 1;
     }
 }
 
-fn dispatch(cfg: &Cfg, c: &mut Conn, totals: &RefCell<Totals>, now: u64, t0: Instant) {
+fn dispatch(cfg: &Cfg, c: &mut Conn, totals: &RefCell<Totals>, now: u64) {
     let data = std::mem::take(&mut c.data);
     let event = std::mem::take(&mut c.event);
     if data.is_empty() {
@@ -355,12 +394,13 @@ fn dispatch(cfg: &Cfg, c: &mut Conn, totals: &RefCell<Totals>, now: u64, t0: Ins
         t.snapshots += 1;
     }
     if let Some(seq) = seq {
-        if seq >= cfg.first && !c.done {
-            if seq == c.next {
-                c.next += 1;
-            } else if seq > c.next {
-                t.gaps += seq - c.next;
-                c.next = seq + 1;
+        let next = c.shared.next.get();
+        if seq >= cfg.first && !c.shared.done.get() {
+            if seq == next {
+                c.shared.next.set(next + 1);
+            } else if seq > next {
+                t.gaps += seq - next;
+                c.shared.next.set(seq + 1);
             } else {
                 t.dups += 1;
             }
@@ -376,11 +416,8 @@ fn dispatch(cfg: &Cfg, c: &mut Conn, totals: &RefCell<Totals>, now: u64, t0: Ins
                     }
                 }
             }
-            if c.next > cfg.last {
-                c.done = true;
-                t.done += 1;
-                t.elapsed_ns = t.elapsed_ns.max(t0.elapsed().as_nanos() as u64);
-            }
+            drop(t);
+            c.shared.check_done(cfg, totals);
         }
     }
     c.data = data;

@@ -116,6 +116,7 @@ fn kb_field(text: &str, field: &str) -> u64 {
 
 /// RSS and PSS of a set of processes (`None` = this one), summed.
 pub fn memory(pids: &[Option<u32>]) -> (u64, u64) {
-    pids.iter()
-        .fold((0, 0), |(r, p), pid| (r + status_kb(*pid, "VmRSS"), p + pss(*pid)))
+    pids.iter().fold((0, 0), |(r, p), pid| {
+        (r + status_kb(*pid, "VmRSS"), p + pss(*pid))
+    })
 }
