@@ -306,6 +306,7 @@ struct Clients {
     last_recv_ns: u64,
     elapsed_ns: u64,
     lat: Hist,
+    lat_sched: Hist,
 }
 
 struct Env {
@@ -475,10 +476,16 @@ async fn fanout(sys: &Sys, chan: &str, subs: usize, o: &Opts) -> Row {
     // `rate` events/s for `secs`: a system that cannot keep up publishes
     // fewer (the ticker bursts to catch up, so the count is what the
     // system accepted in that time).
+    let period = Duration::from_secs(1) / o.rate as u32;
     let drive = Instant::now();
     let first_ns = client::now_ns();
+    for c in &mut children {
+        let line = format!("sched {first_ns} {}\n", period.as_nanos());
+        let _ = c.stdin.write_all(line.as_bytes()).await;
+        let _ = c.stdin.flush().await;
+    }
     let events = off_runtime(async {
-        let mut tick = tokio::time::interval(Duration::from_secs(1) / o.rate as u32);
+        let mut tick = tokio::time::interval(period);
         let mut events = 0;
         while drive.elapsed() < Duration::from_secs(o.secs) && events < o.secs * o.rate {
             tick.tick().await;
@@ -522,6 +529,14 @@ async fn fanout(sys: &Sys, chan: &str, subs: usize, o: &Opts) -> Row {
     r.insert("lat_p50_ms", all.lat.quantile(0.50) as f64 / 1e3);
     r.insert("lat_p99_ms", all.lat.quantile(0.99) as f64 / 1e3);
     r.insert("lat_max_ms", all.lat.max as f64 / 1e3);
+    r.insert(
+        "sched_lat_p50_ms",
+        all.lat_sched.quantile(0.50) as f64 / 1e3,
+    );
+    r.insert(
+        "sched_lat_p99_ms",
+        all.lat_sched.quantile(0.99) as f64 / 1e3,
+    );
     r.insert("handoff_p50_ms", d.hand_off.quantile(0.50) as f64 / 1e3);
     r.insert("handoff_p99_ms", d.hand_off.quantile(0.99) as f64 / 1e3);
     r.insert("rss_before_mb", rss0 as f64 / MB);

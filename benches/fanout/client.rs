@@ -40,6 +40,7 @@ struct Totals {
     bytes: u64,
     snapshots: u64,
     lat: Hist,
+    lat_sched: Hist,
     first_recv_ns: u64,
     last_recv_ns: u64,
     /// Replay: from the start of the connect to the last event.
@@ -54,6 +55,10 @@ struct Cfg {
     /// The last sequence number, if known yet: from `FANOUT_LAST`, or a
     /// `last N` line from the parent once it has stopped publishing.
     last: std::cell::Cell<u64>,
+    /// `sched <start_ns> <period_ns>` from the parent: event `seq` was due
+    /// at start + (seq − 1) × period, for latency from the schedule (which
+    /// counts the time a blocked publisher held an event back).
+    sched: std::cell::Cell<Option<(u64, u64)>>,
     /// Latency is meaningless for a replay of old events.
     replay: bool,
     /// Ready once the first SSE event arrived (patchfeed's snapshot), not
@@ -80,6 +85,7 @@ pub fn main() {
         last_event_id: env("FANOUT_LAST_EVENT_ID"),
         first: env("FANOUT_FIRST").unwrap().parse().unwrap(),
         last: std::cell::Cell::new(env("FANOUT_LAST").map_or(u64::MAX, |v| v.parse().unwrap())),
+        sched: std::cell::Cell::new(None),
         replay: env("FANOUT_REPLAY").is_some(),
         wait_first_event: env("FANOUT_WAIT_FIRST_EVENT").is_some(),
     });
@@ -136,6 +142,10 @@ pub fn main() {
             }
             tokio::select! {
                 l = stdin.next_line(), if stdin_open => match l {
+                    Ok(Some(l)) if l.starts_with("sched ") => {
+                        let v: Vec<u64> = l.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+                        cfg.sched.set(Some((v[0], v[1])));
+                    }
                     Ok(Some(l)) => match l.strip_prefix("last ") {
                         Some(n) => {
                             cfg.last.set(n.trim().parse().unwrap());
@@ -159,6 +169,7 @@ pub fn main() {
             "snapshots": t.snapshots, "first_recv_ns": t.first_recv_ns,
             "last_recv_ns": t.last_recv_ns, "elapsed_ns": t.elapsed_ns,
             "lat": t.lat.encode(),
+            "lat_sched": t.lat_sched.encode(),
         });
         println!("result {json}");
     });
@@ -413,6 +424,10 @@ fn dispatch(cfg: &Cfg, c: &mut Conn, totals: &RefCell<Totals>, now: u64) {
                 if !cfg.replay {
                     if let Some(sent) = number_after(&data, b"t_ns\"") {
                         t.lat.record(now.saturating_sub(sent) / 1000);
+                    }
+                    if let Some((start, period)) = cfg.sched.get() {
+                        let due = start + (seq - 1) * period;
+                        t.lat_sched.record(now.saturating_sub(due) / 1000);
                     }
                 }
             }
