@@ -32,6 +32,8 @@ pub struct Sampled {
     pub subscribers: usize,
     pub resources_failing: usize,
     pub proxy_resources: usize,
+    /// Group-commit flushes of the log so far.
+    pub log_flushes: u64,
 }
 
 impl Metrics {
@@ -66,6 +68,11 @@ impl Metrics {
             "patchfeed_events_appended_total",
             "Events made durable in the log.",
             &[("", g(&self.events_appended))],
+        );
+        counter(
+            "patchfeed_log_flushes_total",
+            "Group-commit flushes (fsyncs) of the log; events appended per flush show how well appends share them.",
+            &[("", s.log_flushes)],
         );
         counter(
             "patchfeed_append_errors_total",

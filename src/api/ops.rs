@@ -25,6 +25,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         subscribers: state.hub.total_subscribers(),
         resources_failing: state.registry.failing(),
         proxy_resources: state.registry.ad_hoc_count(),
+        log_flushes: state.registry.store().flushes(),
     };
     (
         [(

@@ -6,6 +6,8 @@
 //! once and answers them all. Any write applied before its waiter was queued
 //! is covered, because the flush starts after the waiter was dequeued.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
@@ -19,12 +21,16 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 
 pub(crate) struct GroupCommit {
     tx: Option<mpsc::Sender<Waiter>>,
+    /// Flushes done so far (each answers one batch of waiters).
+    flushes: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl GroupCommit {
     pub(crate) fn start(db: sled::Db) -> std::io::Result<GroupCommit> {
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
+        let flushes = Arc::new(AtomicU64::new(0));
+        let counter = flushes.clone();
         let thread = std::thread::Builder::new()
             .name("patchfeed-flush".into())
             .spawn(move || {
@@ -38,6 +44,7 @@ impl GroupCommit {
                         }
                     }
                     let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    counter.fetch_add(1, Relaxed);
                     for w in waiters.drain(..) {
                         let _ = w.send(r.clone());
                     }
@@ -45,8 +52,13 @@ impl GroupCommit {
             })?;
         Ok(GroupCommit {
             tx: Some(tx),
+            flushes,
             thread: Some(thread),
         })
+    }
+
+    pub(crate) fn flushes(&self) -> u64 {
+        self.flushes.load(Relaxed)
     }
 
     /// Returns once every write applied before this call is durable.

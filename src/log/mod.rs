@@ -7,6 +7,19 @@
 //! [`Store::append`] returns only once its event is durable; readers never
 //! see an event that is not, so nothing read from here can be lost by a
 //! crash. Key layout: `keys`. Disk encodings: `codec`.
+//!
+//! No write here uses a sled batch or transaction. In sled 0.34 the first
+//! `apply_batch` in a process switches every later operation onto one
+//! global lock: a batch takes it exclusively and a `flush` holds it shared
+//! through its fsync, so appenders park behind every flush. Measured with
+//! 20,000 appends across 1,000 resources: 8,000/s at 95 µs of CPU each
+//! (256,000 context switches) with batches, 74,000/s at 14 µs (17,000) with
+//! plain inserts. Multi-key changes are therefore ordered single writes,
+//! relying on sled recovering a prefix of its log after a crash (it refuses
+//! a segment whose predecessor was torn): each change writes first what is
+//! harmless alone, and last the key that makes it visible. An event's
+//! snapshot goes before the event, and a snapshot whose event is missing is
+//! ignored (`rebuild`) and removed at open.
 
 mod codec;
 mod commit;
@@ -247,10 +260,21 @@ impl Store {
             None => return Err(StoreError::Foreign),
         }
 
+        let tombstones: Vec<u64> = db
+            .scan_prefix([keys::TOMBSTONE])
+            .keys()
+            .filter_map(|k| k.ok().and_then(|k| keys::u64_value(&k[1..])))
+            .collect();
         let mut resources = HashMap::new();
         for kv in db.scan_prefix([keys::RESOURCE]) {
             let (k, v) = kv?;
             let (rkey, record) = codec::decode_resource(&v).ok_or_else(|| corrupt(&k))?;
+            if tombstones.contains(&rkey) {
+                // A delete wrote its tombstone, then crashed before removing
+                // the record: finish it (the caller never got its answer).
+                db.remove(&k)?;
+                continue;
+            }
             let state = load_state(&db, rkey, &record.spec.id)?;
             resources.insert(
                 record.spec.id.clone(),
@@ -267,17 +291,15 @@ impl Store {
             }),
         };
         // Finish purges that a crash interrupted.
-        let pending: Vec<u64> = store
-            .inner
-            .tree
-            .scan_prefix([keys::TOMBSTONE])
-            .keys()
-            .filter_map(|k| k.ok().and_then(|k| keys::u64_value(&k[1..])))
-            .collect();
-        for rkey in pending {
+        for rkey in tombstones {
             store.purge(rkey)?;
         }
         Ok(store)
+    }
+
+    /// Group-commit flushes (fsyncs) so far; appends share them.
+    pub fn flushes(&self) -> u64 {
+        self.inner.commit.flushes()
     }
 
     /// Flushes everything to disk.
@@ -339,13 +361,12 @@ impl Store {
             spec,
             created_ms: now_ms,
         };
-        let mut batch = sled::Batch::default();
-        batch.insert(keys::NEXT_RKEY, &(rkey + 1).to_be_bytes());
-        batch.insert(
+        // The counter first: a crash between the two only skips an rkey.
+        tree.insert(keys::NEXT_RKEY, &(rkey + 1).to_be_bytes())?;
+        tree.insert(
             keys::resource(&record.spec.id),
             codec::encode_resource(rkey, &record),
-        );
-        tree.apply_batch(batch)?;
+        )?;
         let id = record.spec.id.clone();
         write(&self.inner.resources)
             .insert(id, Arc::new(Entry::new(rkey, record, State::default())));
@@ -365,10 +386,11 @@ impl Store {
             if entry.deleted.swap(true, Ordering::SeqCst) {
                 return Ok(false);
             }
-            let mut batch = sled::Batch::default();
-            batch.remove(keys::resource(id));
-            batch.insert(&keys::per_rkey(keys::TOMBSTONE, entry.rkey)[..], &[][..]);
-            self.inner.tree.apply_batch(batch)?;
+            // The tombstone first: `open` finishes a delete that has one.
+            self.inner
+                .tree
+                .insert(&keys::per_rkey(keys::TOMBSTONE, entry.rkey)[..], &[][..])?;
+            self.inner.tree.remove(keys::resource(id))?;
             write(&self.inner.resources).remove(id);
         }
         self.flush().await?;
@@ -387,15 +409,19 @@ impl Store {
         for tag in [keys::EVENT, keys::SNAPSHOT] {
             self.remove_below(tag, rkey, None)?;
         }
-        let mut batch = sled::Batch::default();
-        batch.remove(&keys::per_rkey(keys::HORIZON, rkey)[..]);
-        batch.remove(&keys::per_rkey(keys::TOMBSTONE, rkey)[..]);
-        self.inner.tree.apply_batch(batch)?;
+        // The tombstone last, so an interrupted purge is resumed at open.
+        self.inner
+            .tree
+            .remove(&keys::per_rkey(keys::HORIZON, rkey)[..])?;
+        self.inner
+            .tree
+            .remove(&keys::per_rkey(keys::TOMBSTONE, rkey)[..])?;
         Ok(())
     }
 
     /// Removes the `tag` entries of `rkey` with id < `below` (all if None),
-    /// in bounded batches. Returns how many were removed.
+    /// oldest first, listing them in bounded chunks. Returns how many were
+    /// removed.
     fn remove_below(&self, tag: u8, rkey: u64, below: Option<EventId>) -> Result<u64, StoreError> {
         let tree = &self.inner.tree;
         let start = keys::entry(tag, rkey, Ulid::nil());
@@ -416,11 +442,9 @@ impl Store {
             if chunk.is_empty() {
                 return Ok(removed);
             }
-            let mut batch = sled::Batch::default();
             for k in &chunk {
-                batch.remove(k);
+                tree.remove(k)?;
             }
-            tree.apply_batch(batch)?;
             removed += chunk.len() as u64;
         }
     }
@@ -522,11 +546,8 @@ impl Store {
 
         let ekey = keys::entry(keys::EVENT, entry.rkey, event_id.0);
         let skey = keys::entry(keys::SNAPSHOT, entry.rkey, event_id.0);
-        let mut batch = sled::Batch::default();
-        batch.insert(&ekey[..], codec::encode_json(&patch_json));
-        if snapshot {
-            batch.insert(&skey[..], codec::encode_json(&doc_json));
-        }
+        let event_value = codec::encode_json(&patch_json);
+        let snapshot_value = snapshot.then(|| codec::encode_json(&doc_json));
         write(&entry.state).allocated = Some(event_id);
         // From here the log and the in-memory head must move together, so
         // the commit runs in its own task: dropping this future (a cancelled
@@ -534,14 +555,17 @@ impl Store {
         let store = self.clone();
         let commit = tokio::spawn(async move {
             let _guard = guard;
-            store.inner.tree.apply_batch(batch)?;
+            // The snapshot first: the event is what makes the version
+            // exist, and a snapshot without its event is ignored.
+            if let Some(v) = snapshot_value {
+                store.inner.tree.insert(&skey[..], v)?;
+            }
+            store.inner.tree.insert(&ekey[..], event_value)?;
             if let Err(e) = store.inner.commit.durable().await {
                 // Not durable, never published: take it back so the log stays
                 // a chain of what readers saw. Best effort: the disk is failing.
-                let mut undo = sled::Batch::default();
-                undo.remove(&ekey[..]);
-                undo.remove(&skey[..]);
-                let _ = store.inner.tree.apply_batch(undo);
+                let _ = store.inner.tree.remove(&ekey[..]);
+                let _ = store.inner.tree.remove(&skey[..]);
                 return Err(StoreError::Flush(e));
             }
             let mut s = write(&entry.state);
@@ -785,16 +809,15 @@ impl Store {
             .rebuild(entry.rkey, new_horizon.0)?
             .ok_or_else(|| corrupt(&k))?;
         debug_assert_eq!(at, new_horizon);
-        let mut batch = sled::Batch::default();
-        batch.insert(
+        // The snapshot first: alone, it is a correct extra snapshot.
+        self.inner.tree.insert(
             &keys::entry(keys::SNAPSHOT, entry.rkey, new_horizon.0)[..],
             codec::encode_json(&serde_json::to_vec(&doc).expect("document serializes")),
-        );
-        batch.insert(
+        )?;
+        self.inner.tree.insert(
             &keys::per_rkey(keys::HORIZON, entry.rkey)[..],
             &new_horizon.to_bytes()[..],
-        );
-        self.inner.tree.apply_batch(batch)?;
+        )?;
         self.flush().await?;
         {
             let mut st = write(&entry.state);
@@ -843,11 +866,21 @@ fn rebuild(
 ) -> Result<Option<(EventId, Value)>, StoreError> {
     let lo = keys::entry(keys::SNAPSHOT, rkey, Ulid::nil());
     let hi = keys::entry(keys::SNAPSHOT, rkey, bound);
-    let Some(kv) = tree.range(lo..=hi).next_back() else {
+    // The newest snapshot whose event exists: a crash (or a failed flush)
+    // between writing a snapshot and its event leaves a snapshot of a
+    // version that never was.
+    let mut found = None;
+    for kv in tree.range(lo..=hi).rev() {
+        let (k, v) = kv?;
+        let id = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
+        if tree.contains_key(keys::entry(keys::EVENT, rkey, id.0))? {
+            found = Some((k, v, id));
+            break;
+        }
+    }
+    let Some((k, v, mut id)) = found else {
         return Ok(None);
     };
-    let (k, v) = kv?;
-    let mut id = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
     let json = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
     let mut doc: Value = serde_json::from_slice(&json).map_err(|_| corrupt(&k))?;
     if let Some(first) = keys::succ(id.0) {
@@ -869,14 +902,45 @@ fn rebuild(
     Ok(Some((id, doc)))
 }
 
+/// Removes the snapshots after the last event `last` (all of them if there
+/// is none): a crash between writing a snapshot and its event leaves one.
+/// Left in place, it would be counted as the newest snapshot, and a later
+/// event could (in theory) be given its id.
+fn remove_orphan_snapshots(
+    tree: &sled::Tree,
+    rkey: u64,
+    last: Option<EventId>,
+) -> Result<(), StoreError> {
+    let first = match last {
+        None => Ulid::nil(),
+        Some(l) => match keys::succ(l.0) {
+            Some(f) => f,
+            None => return Ok(()),
+        },
+    };
+    let orphans: Vec<sled::IVec> = tree
+        .range(
+            keys::entry(keys::SNAPSHOT, rkey, first)
+                ..=keys::entry(keys::SNAPSHOT, rkey, Ulid::max()),
+        )
+        .keys()
+        .collect::<Result<_, _>>()?;
+    for k in orphans {
+        tree.remove(k)?;
+    }
+    Ok(())
+}
+
 /// Rebuilds a resource's in-memory state at open.
 fn load_state(tree: &sled::Tree, rkey: u64, id: &ResourceId) -> Result<State, StoreError> {
     let eprefix = keys::entry_prefix(keys::EVENT, rkey);
     let Some(last) = tree.scan_prefix(eprefix).keys().next_back() else {
+        remove_orphan_snapshots(tree, rkey, None)?;
         return Ok(State::default());
     };
     let last = last?;
     let last_id = keys::entry_id(&last).ok_or_else(|| corrupt(&last))?;
+    remove_orphan_snapshots(tree, rkey, Some(last_id))?;
     let (at, doc) = rebuild(tree, rkey, last_id.0)?.ok_or_else(|| StoreError::Corrupt {
         key: format!("resource {id}: events but no snapshot"),
     })?;
