@@ -48,6 +48,13 @@ pub fn apply(doc: &mut Value, patch: &[PatchOperation]) -> Result<(), ApplyError
     Ok(())
 }
 
+/// Applies `patch` to `doc`, leaving `doc` partly patched on error: for
+/// callers that discard the document then, it skips the undo log.
+pub fn apply_or_discard(doc: &mut Value, patch: &[PatchOperation]) -> Result<(), ApplyError> {
+    json_patch::patch_unsafe(doc, patch)?;
+    Ok(())
+}
+
 fn replace(path: &PointerBuf, value: &Value) -> PatchOperation {
     PatchOperation::Replace(ReplaceOperation {
         path: path.clone(),
@@ -90,6 +97,35 @@ fn size<T: serde::Serialize>(v: &T) -> usize {
     serde_json::to_vec(v).map_or(usize::MAX, |b| b.len())
 }
 
+/// Whether `v` serializes to fewer than `limit` bytes. Serialization stops
+/// at the limit, so asking this of a huge value costs about `limit` bytes
+/// of work, and nothing is cloned.
+fn smaller_than<T: serde::Serialize>(v: &T, limit: usize) -> bool {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_sub(b.len());
+            if self.0 == 0 {
+                return Err(std::io::Error::other("limit reached"));
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(Counter(limit), v).is_ok()
+}
+
+/// A `replace` operation by reference: serializes as
+/// `PatchOperation::Replace` does, without cloning the value.
+#[derive(serde::Serialize)]
+struct ReplaceRef<'a> {
+    op: &'static str,
+    path: &'a PointerBuf,
+    value: &'a Value,
+}
+
 fn diff_array(
     x: &[Value],
     y: &[Value],
@@ -107,12 +143,14 @@ fn diff_array(
     // small edit lists are kept without serializing the array.
     if local.len() > 1 {
         let ours = size(&local);
-        if ours > 2 * whole.as_array().map_or(0, Vec::len) + 40 {
-            let whole_op = replace(path, whole);
-            if ours > size(&whole_op) {
-                ops.push(whole_op);
-                return;
-            }
+        let whole_op = ReplaceRef {
+            op: "replace",
+            path,
+            value: whole,
+        };
+        if ours > 2 * whole.as_array().map_or(0, Vec::len) + 40 && smaller_than(&whole_op, ours) {
+            ops.push(replace(path, whole));
+            return;
         }
     }
     ops.append(&mut local);
@@ -564,6 +602,27 @@ mod tests {
         c.insert(0, x);
         let p = check(&Value::Array(a), &Value::Array(c));
         assert_eq!(p.0.len(), 1, "{}", serde_json::to_string(&p).unwrap());
+    }
+
+    #[test]
+    fn the_size_check_matches_the_serialized_replace() {
+        let path = PointerBuf::parse("/a~1b/0").unwrap();
+        for v in [
+            json!(null),
+            json!([1, "ü", {"k": [2, 3]}]),
+            json!((0..500).collect::<Vec<_>>()),
+        ] {
+            let exact = size(&replace(&path, &v));
+            let by_ref = ReplaceRef {
+                op: "replace",
+                path: &path,
+                value: &v,
+            };
+            assert_eq!(size(&by_ref), exact);
+            for limit in [0, 1, exact - 1, exact, exact + 1, 10 * exact] {
+                assert_eq!(smaller_than(&by_ref, limit), exact < limit, "{v} {limit}");
+            }
+        }
     }
 
     #[test]

@@ -893,7 +893,8 @@ fn rebuild(
                 let json = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
                 let patch: json_patch::Patch =
                     serde_json::from_slice(&json).map_err(|_| corrupt(&k))?;
-                diff::apply(&mut doc, &patch.0)
+                // On error the document is dropped: no undo log needed.
+                diff::apply_or_discard(&mut doc, &patch.0)
                     .map_err(|source| StoreError::BadPatch { at: eid, source })?;
                 id = eid;
             }
