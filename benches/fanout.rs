@@ -416,6 +416,8 @@ async fn collect(children: Vec<Child>, drain: Duration) -> Clients {
             all.elapsed_ns = all.elapsed_ns.max(g("elapsed_ns"));
             all.lat
                 .merge(&Hist::decode(v["lat"].as_str().unwrap_or("")));
+            all.lat_sched
+                .merge(&Hist::decode(v["lat_sched"].as_str().unwrap_or("")));
         }
         // Ends it by its own pid if it has not exited (kill_on_drop too).
         let _ = tokio::time::timeout(Duration::from_secs(5), c.child.wait()).await;
@@ -618,12 +620,21 @@ fn fmt(x: f64) -> String {
 /// Every round's rows: scenario → system → rows.
 type Results = BTreeMap<String, BTreeMap<&'static str, Vec<Row>>>;
 
+/// The median over rounds; for idle memory, the first round's figure:
+/// later scenarios reuse memory freed by earlier ones (allocator arenas,
+/// nchan's shared memory), which would understate the cost.
 fn med(res: &Results, scenario: &str, sys: &str, key: &str) -> f64 {
     let rows = res
         .get(scenario)
         .and_then(|s| s.get(sys))
         .cloned()
         .unwrap_or_default();
+    if key.starts_with("idle_kb") || key.starts_with("rss_") {
+        return rows
+            .first()
+            .and_then(|r| r.get(key).copied())
+            .unwrap_or(f64::NAN);
+    }
     median(rows.iter().filter_map(|r| r.get(key).copied()).collect())
 }
 
