@@ -560,6 +560,27 @@ async fn writes_cut_by_a_crash_are_ignored_or_finished_at_open() {
     assert_eq!(doc, json!({ "i": 3 }));
 }
 
+/// Found by `fuzz/ diff_roundtrip`: without serde_json's `float_roundtrip`,
+/// a 17-digit double read back from the store differed from the one
+/// appended, so a restart changed the head and the next poll of the same
+/// upstream document appended a phantom event.
+#[tokio::test]
+async fn doubles_survive_the_store_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = ResourceId::new("r").unwrap();
+    let doc: Value =
+        serde_json::from_str(r#"{"price": 99634467.830471407, "n": [0.1, 1e-300, 5e-324]}"#)
+            .unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.create(spec("r", 1, None), 0).await.unwrap();
+        store.append(&id, doc.clone()).await.unwrap().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(*store.head(&id).unwrap().unwrap().doc, doc);
+    assert!(store.append(&id, doc.clone()).await.unwrap().is_none());
+}
+
 /// `?since=T` reads after `Ulid(T, MAX)`, the last id of T's millisecond:
 /// the next event is in a later millisecond, and must not be skipped
 /// (`Ulid::increment` returns an error at the end of a millisecond).
