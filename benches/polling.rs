@@ -12,7 +12,7 @@
 //! `PATCHFEED_POLLING_SECS` sets the measured window (default 30 s).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,6 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use serde_json::json;
+
+#[path = "../tests/common/binary.rs"]
+mod binary;
 
 const RESOURCES: usize = 1000;
 /// Changes per second across all resources (1% of them).
@@ -188,24 +191,17 @@ fn start_server(upstream: SocketAddr) -> Server {
     }
     let path = dir.path().join("patchfeed.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_patchfeed"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .rsplit("http://")
-        .next()
+    let (child, base) = binary::spawn_announced(
+        Command::new(env!("CARGO_BIN_EXE_patchfeed"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::null()),
+    );
+    let addr = base
+        .strip_prefix("http://")
         .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+        .unwrap_or_else(|| panic!("no address in {base:?}"));
     Server {
         child,
         addr,

@@ -3,32 +3,23 @@
 //! forever, tokio-rs/axum#2673), the process exits 0 within the grace
 //! period, and a restart on the same data dir has every event.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "common/binary.rs"]
+mod binary;
+
 const WAIT: Duration = Duration::from_secs(20);
 
 fn start(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_patchfeed"))
-        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("patchfeed listening on ")
-        .expect("announce line")
-        .to_owned();
-    (child, base)
+    binary::spawn_announced(
+        Command::new(env!("CARGO_BIN_EXE_patchfeed"))
+            .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .stderr(Stdio::null()),
+    )
 }
 
 fn signal(child: &Child, sig: &str) {

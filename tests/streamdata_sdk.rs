@@ -25,6 +25,9 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
+#[path = "common/binary.rs"]
+mod binary;
+
 const TOKEN: &str = "sdk-test-token";
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -124,24 +127,14 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("patchfeed.toml");
         std::fs::write(&cfg, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_patchfeed"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base = line
-            .trim()
-            .strip_prefix("patchfeed listening on ")
-            .expect("announce line")
-            .to_owned();
+        let (child, base) = binary::spawn_announced(
+            Command::new(env!("CARGO_BIN_EXE_patchfeed"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+                .arg(&cfg)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .stderr(Stdio::null()),
+        );
         Server {
             child,
             base,

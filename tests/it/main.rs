@@ -2,6 +2,8 @@
 //! loopback upstream, real HTTP and SSE clients. One test crate (one
 //! build), one module per area.
 
+#[path = "../common/binary.rs"]
+mod binary;
 mod crash_server;
 mod documents;
 mod faults;

@@ -2,10 +2,9 @@
 //! a real scripted upstream on loopback, a real streaming SSE client.
 //! Every wait is bounded.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -229,25 +228,16 @@ impl Server {
             .append(true)
             .open(&self.stderr)
             .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_patchfeed"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(&self.config)
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.base = line
-            .trim()
-            .strip_prefix("patchfeed listening on ")
-            .unwrap_or_else(|| panic!("no announce line: {line:?}"))
-            .to_owned();
+        let (child, base) = crate::binary::spawn_announced(
+            Command::new(env!("CARGO_BIN_EXE_patchfeed"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+                .arg(&self.config)
+                .arg("--data-dir")
+                .arg(self.dir.path().join("data"))
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .stderr(err),
+        );
+        self.base = base;
         self.child = Some(child);
     }
 
