@@ -289,26 +289,6 @@ fn off_runtime<T: Send>(fut: impl std::future::Future<Output = T> + Send) -> T {
     })
 }
 
-/// Merged results of a set of client processes.
-#[derive(Default)]
-struct Clients {
-    ok: u64,
-    failed: u64,
-    ready: u64,
-    done: u64,
-    dropped: u64,
-    events: u64,
-    gaps: u64,
-    dups: u64,
-    id_errors: u64,
-    bytes: u64,
-    first_recv_ns: u64,
-    last_recv_ns: u64,
-    elapsed_ns: u64,
-    lat: Hist,
-    lat_sched: Hist,
-}
-
 struct Env {
     addr: String,
     path: String,
@@ -384,8 +364,9 @@ async fn line(c: &mut Child, prefix: &str, timeout: Duration) -> Option<String> 
 
 /// Waits for every client's result: they stop by themselves once every
 /// connection has the last event; after `drain` they are told to stop.
-async fn collect(children: Vec<Child>, drain: Duration) -> Clients {
-    let mut all = Clients::default();
+/// The merged results of a set of client processes.
+async fn collect(children: Vec<Child>, drain: Duration) -> client::Totals {
+    let mut all = client::Totals::default();
     let until = tokio::time::Instant::now() + drain;
     for mut c in children {
         let left = until.saturating_duration_since(tokio::time::Instant::now());
@@ -397,27 +378,7 @@ async fn collect(children: Vec<Child>, drain: Duration) -> Clients {
         }
         if let Some(r) = r {
             let v: Value = serde_json::from_str(&r).unwrap();
-            let g = |k: &str| v[k].as_u64().unwrap_or(0);
-            all.ok += g("ok");
-            all.failed += g("failed");
-            all.ready += g("ready");
-            all.done += g("done");
-            all.dropped += g("dropped");
-            all.events += g("events");
-            all.gaps += g("gaps");
-            all.dups += g("dups");
-            all.id_errors += g("id_errors");
-            all.bytes += g("bytes");
-            let f = g("first_recv_ns");
-            if f > 0 && (all.first_recv_ns == 0 || f < all.first_recv_ns) {
-                all.first_recv_ns = f;
-            }
-            all.last_recv_ns = all.last_recv_ns.max(g("last_recv_ns"));
-            all.elapsed_ns = all.elapsed_ns.max(g("elapsed_ns"));
-            all.lat
-                .merge(&Hist::decode(v["lat"].as_str().unwrap_or("")));
-            all.lat_sched
-                .merge(&Hist::decode(v["lat_sched"].as_str().unwrap_or("")));
+            all.merge_json(&v);
         }
         // Ends it by its own pid if it has not exited (kill_on_drop too).
         let _ = tokio::time::timeout(Duration::from_secs(5), c.child.wait()).await;

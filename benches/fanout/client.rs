@@ -23,28 +23,71 @@ use crate::hist::Hist;
 
 pub const ROLE_ENV: &str = "FANOUT_ROLE";
 
-/// What every connection of this process shares.
+/// What every connection of a client process shares; the parent merges
+/// the processes' tallies into one of the same type.
 #[derive(Default)]
-struct Totals {
-    ok: u64,
-    failed: u64,
-    ready: u64,
+pub struct Totals {
+    pub ok: u64,
+    pub failed: u64,
+    pub ready: u64,
     /// Connections that have seen the last sequence number.
-    done: u64,
+    pub done: u64,
     /// Connections that ended (EOF, error) before they were done.
-    dropped: u64,
-    events: u64,
-    gaps: u64,
-    dups: u64,
-    id_errors: u64,
-    bytes: u64,
-    snapshots: u64,
-    lat: Hist,
-    lat_sched: Hist,
-    first_recv_ns: u64,
-    last_recv_ns: u64,
+    pub dropped: u64,
+    pub events: u64,
+    pub gaps: u64,
+    pub dups: u64,
+    pub id_errors: u64,
+    pub bytes: u64,
+    pub snapshots: u64,
+    pub lat: Hist,
+    pub lat_sched: Hist,
+    pub first_recv_ns: u64,
+    pub last_recv_ns: u64,
     /// Replay: from the start of the connect to the last event.
-    elapsed_ns: u64,
+    pub elapsed_ns: u64,
+}
+
+impl Totals {
+    /// The `result` line a client process prints.
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ok": self.ok, "failed": self.failed, "ready": self.ready, "done": self.done,
+            "dropped": self.dropped, "events": self.events, "gaps": self.gaps,
+            "dups": self.dups, "id_errors": self.id_errors, "bytes": self.bytes,
+            "snapshots": self.snapshots, "first_recv_ns": self.first_recv_ns,
+            "last_recv_ns": self.last_recv_ns, "elapsed_ns": self.elapsed_ns,
+            "lat": self.lat.encode(),
+            "lat_sched": self.lat_sched.encode(),
+        })
+    }
+
+    /// Adds one process's `result` line: counts add up, the first and last
+    /// receipt and the elapsed time take the extremes, histograms merge.
+    pub fn merge_json(&mut self, v: &serde_json::Value) {
+        let g = |k: &str| v[k].as_u64().unwrap_or(0);
+        self.ok += g("ok");
+        self.failed += g("failed");
+        self.ready += g("ready");
+        self.done += g("done");
+        self.dropped += g("dropped");
+        self.events += g("events");
+        self.gaps += g("gaps");
+        self.dups += g("dups");
+        self.id_errors += g("id_errors");
+        self.bytes += g("bytes");
+        self.snapshots += g("snapshots");
+        let f = g("first_recv_ns");
+        if f > 0 && (self.first_recv_ns == 0 || f < self.first_recv_ns) {
+            self.first_recv_ns = f;
+        }
+        self.last_recv_ns = self.last_recv_ns.max(g("last_recv_ns"));
+        self.elapsed_ns = self.elapsed_ns.max(g("elapsed_ns"));
+        self.lat
+            .merge(&Hist::decode(v["lat"].as_str().unwrap_or("")));
+        self.lat_sched
+            .merge(&Hist::decode(v["lat_sched"].as_str().unwrap_or("")));
+    }
 }
 
 struct Cfg {
@@ -161,17 +204,7 @@ pub fn main() {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             }
         }
-        let t = totals.borrow();
-        let json = serde_json::json!({
-            "ok": t.ok, "failed": t.failed, "ready": t.ready, "done": t.done,
-            "dropped": t.dropped, "events": t.events, "gaps": t.gaps,
-            "dups": t.dups, "id_errors": t.id_errors, "bytes": t.bytes,
-            "snapshots": t.snapshots, "first_recv_ns": t.first_recv_ns,
-            "last_recv_ns": t.last_recv_ns, "elapsed_ns": t.elapsed_ns,
-            "lat": t.lat.encode(),
-            "lat_sched": t.lat_sched.encode(),
-        });
-        println!("result {json}");
+        println!("result {}", totals.borrow().to_json());
     });
     // Sockets close with the process.
     std::process::exit(0);
