@@ -406,14 +406,21 @@ fn refuses_other_format_versions() {
     ));
 }
 
-#[tokio::test]
+/// 500 appends from 20 resources at once: each resource's ids are in
+/// order and read back exactly, and the appends share fsyncs (the flush
+/// thread answers every waiter queued behind the one it took; about 25
+/// flushes here, 500 if each append flushed alone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_appends_share_flushes_and_stay_ordered() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
+    let names: Vec<String> = (0..20).map(|r| format!("r{r}")).collect();
+    for name in &names {
+        store.create(spec(name, 3, None), 0).await.unwrap();
+    }
+    let before = store.flushes();
     let mut tasks = Vec::new();
-    for r in 0..20 {
-        let name = format!("r{r}");
-        store.create(spec(&name, 3, None), 0).await.unwrap();
+    for name in names {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let id = ResourceId::new(&name).unwrap();
@@ -431,46 +438,22 @@ async fn concurrent_appends_share_flushes_and_stay_ordered() {
             (id, ids)
         }));
     }
+    let mut done = Vec::new();
     for t in tasks {
-        let (id, ids) = t.await.unwrap();
-        assert!(ids.windows(2).all(|w| w[0] < w[1]));
-        let ReadAfter::Events(evs) = store.read_after(&id, ids[0].0, 100).unwrap() else {
-            panic!()
-        };
-        assert_eq!(evs.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..]);
-    }
-}
-
-/// Concurrent appends share fsyncs: the flush thread answers every waiter
-/// queued behind the one it took (about 23 flushes for these 500 appends).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_share_fsyncs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let ids: Vec<ResourceId> = (0..50)
-        .map(|r| spec(&format!("r{r}"), 4, None).id)
-        .collect();
-    for id in &ids {
-        store.create(spec(id.as_str(), 4, None), 0).await.unwrap();
-    }
-    let before = store.flushes();
-    let mut tasks = Vec::new();
-    for id in ids.clone() {
-        let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..10 {
-                store.append(&id, json!({ "i": i })).await.unwrap().unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
+        done.push(t.await.unwrap());
     }
     let flushes = store.flushes() - before;
     assert!(
         flushes <= 250,
         "500 concurrent appends took {flushes} flushes: group commit is not grouping"
     );
+    for (id, ids) in done {
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let ReadAfter::Events(evs) = store.read_after(&id, ids[0].0, 100).unwrap() else {
+            panic!()
+        };
+        assert_eq!(evs.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..]);
+    }
 }
 
 /// A crash between an append's snapshot write and its event write leaves a
