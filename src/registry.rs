@@ -261,6 +261,13 @@ impl Registry {
             .collect()
     }
 
+    /// The upstream error of `id` now, if its last poll failed.
+    pub fn last_error(&self, id: &ResourceId) -> Option<crate::hub::UpstreamError> {
+        let pollers = lock(&self.pollers);
+        let status = lock(&pollers.get(id)?.status);
+        status.last_error.clone()
+    }
+
     /// Resources whose upstream is failing now.
     pub fn failing(&self) -> usize {
         lock(&self.pollers)

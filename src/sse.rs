@@ -95,13 +95,18 @@ pub struct Ctx {
 
 /// The body of an event stream. `rx` must come from `Hub::subscribe`
 /// called before this function, so nothing published after the log is
-/// read can be missed.
+/// read can be missed. `failing` is the upstream's current error, read
+/// after subscribing: the client hears it at once (after the snapshot or
+/// the first page of catch-up), not only at the next failed poll. Read
+/// after the subscription, a failure can at worst arrive twice, never be
+/// missed.
 pub fn stream(
     ctx: Ctx,
     id: ResourceId,
     rx: broadcast::Receiver<Notice>,
     resume: Resume,
     flavor: Flavor,
+    failing: Option<UpstreamError>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
     ctx.metrics.sse_open.fetch_add(1, Relaxed);
     Metrics::inc(&ctx.metrics.sse_opened);
@@ -113,6 +118,7 @@ pub fn stream(
         rx,
         flavor,
         start: Some(resume),
+        failing,
         cursor: None,
         catching_up: false,
         done: false,
@@ -143,6 +149,9 @@ struct Session {
     rx: broadcast::Receiver<Notice>,
     flavor: Flavor,
     start: Option<Resume>,
+    /// The upstream's error when the session began, sent with the first
+    /// chunk.
+    failing: Option<UpstreamError>,
     /// Every event with id ≤ cursor is delivered or covered by a snapshot.
     /// `None` until the first snapshot (a resource never fetched yet).
     cursor: Option<Ulid>,
@@ -265,6 +274,9 @@ impl Session {
         };
         if let Some(chunk) = first {
             out.put_slice(&chunk);
+        }
+        if let Some(e) = self.failing.take() {
+            out.put_slice(&encode_error(self.flavor, &e));
         }
         out.freeze()
     }

@@ -71,7 +71,8 @@ pub(crate) fn sse_response(
     flavor: Flavor,
 ) -> Response {
     let rx = state.hub.subscribe(&id);
-    let body = sse::stream(state.sse.clone(), id, rx, resume, flavor);
+    let failing = state.registry.last_error(&id);
+    let body = sse::stream(state.sse.clone(), id, rx, resume, flavor, failing);
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
     h.insert(

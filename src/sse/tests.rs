@@ -2,6 +2,13 @@
 //! hub: with publications dropped (gaps), a tiny live buffer (lag), any
 //! resume point and a slow reader, the stream is strictly increasing,
 //! complete, and replays to the final document.
+//!
+//! The ids' clock is the test's own (`append_at` / `append_chained` with an
+//! explicit time), never the wall clock: "as of T" counts every event whose
+//! millisecond is ≤ T, so an event appended after the stream opens but
+//! within T's millisecond is rightly treated as known to a `since=T`
+//! client, and a model that looked only at the events appended before the
+//! stream opened failed about one run in ten (issue 17, finding 10).
 
 use std::time::Duration;
 
@@ -11,7 +18,7 @@ use serde_json::{json, Value};
 
 use super::*;
 use crate::hub::Hub;
-use crate::model::{now_ms, ResourceSpec, MAX_ULID_MS};
+use crate::model::{ResourceSpec, MAX_ULID_MS};
 
 #[derive(Debug, Default)]
 struct Frame {
@@ -45,6 +52,20 @@ fn doc(i: usize) -> Value {
         return json!([i, "root array"]);
     }
     json!({ "n": i, "a/b~c": (0..(i % 5)).rev().collect::<Vec<_>>(), "é": "ü".repeat(i % 3) })
+}
+
+/// The test's clock, in Unix ms. Versions appended before the stream opens
+/// come two to a millisecond (so a `since` instant covers several ids);
+/// those appended after it start a second later, in a millisecond no
+/// resume instant of the test names.
+const T0: u64 = 1_700_000_000_000;
+
+fn time_before(i: usize) -> u64 {
+    T0 + (i / 2) as u64
+}
+
+fn time_after(j: usize) -> u64 {
+    T0 + 1_000 + j as u64
 }
 
 #[derive(Debug, Clone)]
@@ -91,7 +112,11 @@ fn run_case(
         let hub = Arc::new(Hub::new(capacity));
         let mut versions: Vec<(EventId, Value)> = Vec::new();
         for i in 0..before {
-            let e = store.append(&id, doc(i)).await.unwrap().unwrap();
+            let e = store
+                .append_at(&id, doc(i), time_before(i))
+                .await
+                .unwrap()
+                .unwrap();
             versions.push((e.id, doc(i)));
         }
         let resume = match &start {
@@ -119,7 +144,7 @@ fn run_case(
             shutdown: CancellationToken::new(),
         };
         let rx = hub.subscribe(&id);
-        let mut body = Box::pin(stream(ctx, id.clone(), rx, resume, Flavor::Native));
+        let mut body = Box::pin(stream(ctx, id.clone(), rx, resume, Flavor::Native, None));
 
         let producer = {
             let (store, hub, id) = (store.clone(), hub.clone(), id.clone());
@@ -128,7 +153,7 @@ fn run_case(
                 for j in 0..after {
                     let i = before + j;
                     let (e, prev) = store
-                        .append_chained(&id, doc(i), now_ms())
+                        .append_chained(&id, doc(i), time_after(j))
                         .await
                         .unwrap()
                         .unwrap();
@@ -149,7 +174,8 @@ fn run_case(
         let mut text = String::new();
         let mut producer = Some(producer);
         let mut want_last: Option<EventId> = None;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        // A hang detector, not a speed check: generous for a loaded machine.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if producer.as_ref().is_some_and(|p| p.is_finished()) {
                 let produced = producer.take().unwrap().await.unwrap();
@@ -225,6 +251,139 @@ fn run_case(
     });
     drop(rt);
     r
+}
+
+/// The semantics behind finding 10, pinned without any race: a `since=T`
+/// client holds the document as of T, which includes an event detected in
+/// T's millisecond even if it was appended after the stream was opened; the
+/// first event it is sent is the first one after T's millisecond.
+#[tokio::test]
+async fn since_counts_events_in_its_millisecond_appended_after_the_stream_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = ResourceId::new("r").unwrap();
+    store
+        .create(
+            ResourceSpec {
+                id: id.clone(),
+                url: "http://127.0.0.1:1/".into(),
+                interval: Duration::from_secs(1),
+                headers: Default::default(),
+                snapshot_every: 3,
+                retain: None,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let hub = Hub::new(16);
+    store.append_at(&id, json!({"v": 1}), T0).await.unwrap();
+    let ctx = Ctx {
+        store: store.clone(),
+        metrics: Arc::new(Metrics::default()),
+        config: StreamConfig::default(),
+        shutdown: CancellationToken::new(),
+    };
+    let rx = hub.subscribe(&id);
+    let mut body = Box::pin(stream(
+        ctx,
+        id.clone(),
+        rx,
+        Resume::Since(Point::Time(T0)),
+        Flavor::Native,
+        None,
+    ));
+    // Same millisecond as T, appended after the stream exists, never published.
+    store.append_at(&id, json!({"v": 2}), T0).await.unwrap();
+    let (e3, prev) = store
+        .append_chained(&id, json!({"v": 3}), T0 + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    hub.publish(&id, e3.clone(), prev);
+    let mut text = String::new();
+    while !text.contains(&format!("id: {}\n", e3.id)) {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), body.next())
+            .await
+            .expect("stream stalled")
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let frames = parse(&text);
+    assert_eq!(frames.len(), 1, "one patch, for the event after T: {text}");
+    assert_eq!(frames[0].event, "patch");
+    assert_eq!(
+        frames[0].data,
+        r#"[{"op":"replace","path":"/v","value":3}]"#
+    );
+}
+
+/// Issue 11, point 6, with the clock paused: the error current at connect
+/// time comes in the first chunk, after the snapshot, before any time has
+/// passed (the next failed poll could be minutes away under back-off).
+#[tokio::test(start_paused = true)]
+async fn the_current_error_comes_with_the_first_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = ResourceId::new("r").unwrap();
+    store
+        .create(
+            ResourceSpec {
+                id: id.clone(),
+                url: "http://127.0.0.1:1/".into(),
+                interval: Duration::from_secs(1),
+                headers: Default::default(),
+                snapshot_every: 3,
+                retain: None,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let hub = Hub::new(16);
+    let err = UpstreamError {
+        code: "upstream_status".into(),
+        message: "upstream answered 503".into(),
+        status: Some(503),
+        time_ms: T0,
+    };
+    let ctx = Ctx {
+        store: store.clone(),
+        metrics: Arc::new(Metrics::default()),
+        config: StreamConfig::default(),
+        shutdown: CancellationToken::new(),
+    };
+    let open = |ctx: Ctx| {
+        let rx = hub.subscribe(&id);
+        Box::pin(stream(
+            ctx,
+            id.clone(),
+            rx,
+            Resume::Fresh,
+            Flavor::Native,
+            Some(err.clone()),
+        ))
+    };
+    let t = tokio::time::Instant::now();
+
+    // No version yet: `retry`, then the error.
+    let chunk = open(ctx.clone()).next().await.unwrap().unwrap();
+    let frames = parse(std::str::from_utf8(&chunk).unwrap());
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].event, "error");
+    assert_eq!(
+        frames[0].data,
+        r#"{"code":"upstream_status","message":"upstream answered 503","status":503}"#
+    );
+
+    // With a version: the snapshot, then the error.
+    store.append_at(&id, json!({"v": 1}), T0).await.unwrap();
+    let chunk = open(ctx).next().await.unwrap().unwrap();
+    let frames = parse(std::str::from_utf8(&chunk).unwrap());
+    let names: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(names, ["snapshot", "error"]);
+    assert_eq!(tokio::time::Instant::now(), t, "no time passed");
 }
 
 fn arb_start() -> impl Strategy<Value = Start> {

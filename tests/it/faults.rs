@@ -177,3 +177,54 @@ async fn a_root_type_change_is_a_change_not_an_error() {
         .count();
     assert!(root_replaces >= 3, "{:?}", sse.names());
 }
+
+/// Issue 11, point 6: a client that connects while the upstream has been
+/// failing hears the current error at once (after the snapshot, if there
+/// is one), not at the next failed poll — a minute away here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_joining_a_failing_resource_hears_the_error_at_once() {
+    let up = Upstream::start(small(0)).await;
+    let mut s = Server::start(&config(&[("r", &up.url())], ""));
+    s.wait_document("r", &small(0)).await;
+    up.mode(Mode::Status(503));
+    s.wait_resource("r", "last_error", |v| !v["last_error"].is_null())
+        .await;
+    // Restart with a one-minute interval: the first poll fails at once,
+    // the next is a minute (plus back-off) away. "never" has no version.
+    let slow = format!(
+        "allow_private_upstreams = true\n\
+         [[resource]]\nid = \"r\"\nurl = \"{}\"\ninterval = \"60s\"\n\
+         [[resource]]\nid = \"never\"\nurl = \"http://127.0.0.1:9/\"\ninterval = \"60s\"\n",
+        up.url()
+    );
+    std::fs::write(s.dir.path().join("patchfeed.toml"), slow).unwrap();
+    s.crash_and_restart();
+    s.wait_resource("r", "last_error", |v| v["last_error"]["status"] == 503)
+        .await;
+    s.wait_resource("never", "last_error", |v| !v["last_error"].is_null())
+        .await;
+    let within = std::time::Duration::from_secs(5);
+
+    let mut sse = Sse::open(&s.url("/v1/resources/r/events"), None).await;
+    let first = sse.next(within).await.expect("a snapshot");
+    assert_eq!(first.event, "snapshot");
+    let e = sse
+        .next(within)
+        .await
+        .expect("the current error at once, not at the next poll");
+    assert_eq!(e.event, "error");
+    let data: Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(
+        (data["code"].as_str(), data["status"].as_u64()),
+        (Some("upstream_status"), Some(503))
+    );
+
+    let mut sse = Sse::open(&s.url("/v1/resources/never/events"), None).await;
+    let e = sse
+        .next(within)
+        .await
+        .expect("the current error at once, before any snapshot");
+    assert_eq!(e.event, "error");
+    let data: Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(data["code"], "connect");
+}
