@@ -24,12 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Auth, HttpLimits};
 use crate::config::Config;
+use crate::feed::{self, FeedConfig};
 use crate::hub::Hub;
 use crate::log::Store;
 use crate::metrics::Metrics;
 use crate::poll::fetch::{FetchConfig, Fetcher};
 use crate::registry::Registry;
-use crate::sse::{self, StreamConfig};
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -171,12 +171,12 @@ pub async fn start(
             token: config.token.clone(),
             read_token: config.read_token.clone(),
         }),
-        sse: sse::Ctx {
+        feed: feed::Ctx {
             store: store.clone(),
             metrics: metrics.clone(),
-            config: StreamConfig {
+            config: FeedConfig {
                 keep_alive: limits.keep_alive,
-                ..StreamConfig::default()
+                ..FeedConfig::default()
             },
             shutdown: shutdown.clone(),
         },

@@ -4,8 +4,8 @@
 //!
 //! Each event travels with the id of the event before it (pushpin's
 //! prev-id), so a subscriber can tell whether it follows on from what it
-//! sent. Frames are encoded once per event and flavour and shared by every
-//! subscriber. The hub never waits: a subscriber that falls behind the
+//! sent. Frames are encoded once per event and [`Encoding`] and shared by
+//! every subscriber. The hub never waits: a subscriber that falls behind the
 //! channel's capacity sees `Lagged` and must go back to the log.
 
 use std::collections::HashMap;
@@ -30,13 +30,34 @@ pub struct UpstreamError {
     pub time_ms: u64,
 }
 
-/// A durable event as published, with its encoded frames cached.
+/// The wire encodings of an event, each computed once per event and shared
+/// by every subscriber that uses it. A new encoding is one more variant
+/// here; `Published`'s frame cache is sized from [`Encoding::COUNT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    /// SSE `event: patch` on `/v1/.../events`.
+    SseNative,
+    /// SSE `event: patch` on the streamdata route (ASCII-only JSON).
+    SseStreamdata,
+}
+
+impl Encoding {
+    /// Number of variants.
+    pub const COUNT: usize = 2;
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// A durable event as published, with its encoded frames cached: one slot
+/// per [`Encoding`], each filled by the first subscriber that needs it.
 #[derive(Debug)]
 pub struct Published {
     pub event: Event,
     /// The resource's previous event id; `None` for its first event.
     pub prev: Option<EventId>,
-    frames: [OnceLock<Bytes>; 2],
+    frames: [OnceLock<Bytes>; Encoding::COUNT],
 }
 
 impl Published {
@@ -44,13 +65,13 @@ impl Published {
         Published {
             event,
             prev,
-            frames: [OnceLock::new(), OnceLock::new()],
+            frames: Default::default(),
         }
     }
 
-    /// The frame for flavour `slot`, encoded by `encode` on first use.
-    pub(crate) fn frame(&self, slot: usize, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
-        self.frames[slot]
+    /// The frame of `encoding`, encoded by `encode` on first use.
+    pub fn frame(&self, encoding: Encoding, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.frames[encoding.slot()]
             .get_or_init(|| encode(&self.event))
             .clone()
     }

@@ -1,6 +1,6 @@
 //! `GET /v1/resources/{id}/events`: the SSE stream. Parses the resume point
 //! (Last-Event-ID header > `last_event_id`/`lastEventId` query > `since`),
-//! subscribes to the hub, then hands over to `sse::stream`.
+//! subscribes to the hub, opens a `Feed` and hands it to the SSE encoder.
 
 use std::collections::HashMap;
 
@@ -14,8 +14,12 @@ use ulid::Ulid;
 
 use super::documents::point;
 use super::{known, ApiError, AppState};
+use crate::feed::{Feed, Resume};
 use crate::model::ResourceId;
-use crate::sse::{self, Flavor, Resume};
+use crate::transport::sse::{self, Flavor};
+
+/// The reconnection delay SSE clients are told (`retry:`).
+const RETRY_MS: u64 = 2000;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/resources/{id}/events", get(stream_events))
@@ -63,7 +67,7 @@ async fn stream_events(
 }
 
 /// An SSE response for `id`. Subscribes before anything is read from the
-/// log, as `sse::stream` requires.
+/// log, as `Feed::new` requires.
 pub(crate) fn sse_response(
     state: &AppState,
     id: ResourceId,
@@ -72,7 +76,8 @@ pub(crate) fn sse_response(
 ) -> Response {
     let rx = state.hub.subscribe(&id);
     let failing = state.registry.last_error(&id);
-    let body = sse::stream(state.sse.clone(), id, rx, resume, flavor, failing);
+    let feed = Feed::new(state.feed.clone(), id, rx, resume, failing);
+    let body = sse::stream(feed, flavor, RETRY_MS, state.metrics.clone());
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
     h.insert(

@@ -25,11 +25,11 @@ use tower_http::trace::TraceLayer;
 pub use auth::Auth;
 pub use error::ApiError;
 
+use crate::feed;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::model::ResourceId;
 use crate::registry::Registry;
-use crate::sse;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -37,7 +37,7 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Auth>,
-    pub sse: sse::Ctx,
+    pub feed: feed::Ctx,
 }
 
 /// Limits applied by the router's layers.

@@ -23,7 +23,7 @@ use percent_encoding::percent_decode_str;
 use super::events::{resume, sse_response};
 use super::{auth, ApiError, AppState};
 use crate::registry::ProxyError;
-use crate::sse::Flavor;
+use crate::transport::sse::Flavor;
 
 /// The route's prefix.
 const PREFIX: &str = "/streamdata/";

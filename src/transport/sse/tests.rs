@@ -17,7 +17,30 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::feed::{Ctx, Feed, FeedConfig, Resume};
 use crate::hub::Hub;
+use crate::log::Store;
+use crate::model::{Point, ResourceId};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+
+/// `sse::stream` of a new feed, as the events route builds it.
+fn open(
+    ctx: Ctx,
+    id: ResourceId,
+    rx: tokio::sync::broadcast::Receiver<crate::hub::Notice>,
+    resume: Resume,
+    failing: Option<UpstreamError>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> {
+    let metrics = ctx.metrics.clone();
+    stream(
+        Feed::new(ctx, id, rx, resume, failing),
+        Flavor::Native,
+        1000,
+        metrics,
+    )
+}
 use crate::model::{ResourceSpec, MAX_ULID_MS};
 
 #[derive(Debug, Default)]
@@ -135,16 +158,15 @@ fn run_case(
         let ctx = Ctx {
             store: store.clone(),
             metrics: Arc::new(Metrics::default()),
-            config: StreamConfig {
+            config: FeedConfig {
                 keep_alive: Duration::from_millis(50),
-                retry_ms: 1000,
                 page: 2,
                 page_bytes: 64,
             },
             shutdown: CancellationToken::new(),
         };
         let rx = hub.subscribe(&id);
-        let mut body = Box::pin(stream(ctx, id.clone(), rx, resume, Flavor::Native, None));
+        let mut body = Box::pin(open(ctx, id.clone(), rx, resume, None));
 
         let producer = {
             let (store, hub, id) = (store.clone(), hub.clone(), id.clone());
@@ -281,16 +303,15 @@ async fn since_counts_events_in_its_millisecond_appended_after_the_stream_opened
     let ctx = Ctx {
         store: store.clone(),
         metrics: Arc::new(Metrics::default()),
-        config: StreamConfig::default(),
+        config: FeedConfig::default(),
         shutdown: CancellationToken::new(),
     };
     let rx = hub.subscribe(&id);
-    let mut body = Box::pin(stream(
+    let mut body = Box::pin(open(
         ctx,
         id.clone(),
         rx,
         Resume::Since(Point::Time(T0)),
-        Flavor::Native,
         None,
     ));
     // Same millisecond as T, appended after the stream exists, never published.
@@ -351,19 +372,12 @@ async fn the_current_error_comes_with_the_first_chunk() {
     let ctx = Ctx {
         store: store.clone(),
         metrics: Arc::new(Metrics::default()),
-        config: StreamConfig::default(),
+        config: FeedConfig::default(),
         shutdown: CancellationToken::new(),
     };
     let open = |ctx: Ctx| {
         let rx = hub.subscribe(&id);
-        Box::pin(stream(
-            ctx,
-            id.clone(),
-            rx,
-            Resume::Fresh,
-            Flavor::Native,
-            Some(err.clone()),
-        ))
+        Box::pin(open(ctx, id.clone(), rx, Resume::Fresh, Some(err.clone())))
     };
     let t = tokio::time::Instant::now();
 
