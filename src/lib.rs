@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod model;
 pub mod poll;
 pub mod registry;
+pub mod store;
 pub mod transport;

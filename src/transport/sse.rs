@@ -168,8 +168,8 @@ mod tests;
 #[cfg(test)]
 mod frame_tests {
     use super::*;
-    use ulid::Ulid;
     use serde_json::json;
+    use ulid::Ulid;
 
     #[test]
     fn frames() {

@@ -1,0 +1,254 @@
+//! The change log as everything above it sees it: the [`Storage`] trait and
+//! its contract. Backends: sled, embedded (`crate::log`, the default and the
+//! only code that names sled). A clustered backend implements the same
+//! trait; the model proptest and the crash test are written against the
+//! trait, so a new backend gets them by adding itself to their list.
+//!
+//! Everything above the log (api, feed, poll, registry) holds a [`Store`],
+//! a shared `dyn Storage`.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use ulid::Ulid;
+
+pub use crate::log::{At, Compaction, Created, Head, History, LogStatus, ReadAfter, StoreError};
+use crate::model::{Event, EventId, Point, ResourceId, ResourceRecord, ResourceSpec};
+
+/// An appended event and the id of the event before it (`None` for the
+/// first): what the hub's prev-id chain needs.
+pub type Appended = (Event, Option<EventId>);
+
+/// The handle every layer above the log holds.
+pub type Store = Arc<dyn Storage>;
+
+/// A durable, per-resource, append-only change log with snapshots.
+///
+/// The contract every backend keeps (and the shared tests check):
+///
+/// - **Durable before return.** `append` returns `Some` only once the event
+///   (and its snapshot, if one is due) would survive a crash; nothing a
+///   reader can see is lost by one. Dropping an `append` future after it
+///   started committing cannot leave the log and the head apart.
+/// - **Ids strictly increase** per resource, across restarts and clock
+///   steps back: the next id is `max(now, last + 1)`, `last` read from the
+///   log when it is opened.
+/// - **Readers never look past the head**: `head`, `read_after`,
+///   `document_at` and `history` see exactly the durable events.
+/// - **A chain.** Each appended event states the id before it (`prev`), the
+///   one readers had as head; applying events in id order from any snapshot
+///   yields every later version.
+/// - **Pages.** `read_after` returns at most `limit` events and stops once
+///   `max_bytes` of patches are read (at least one event), oldest first.
+/// - **Snapshots.** A snapshot exists at the horizon and at least every
+///   `snapshot_every` events after it, so `document_at` rebuilds any
+///   retained point from at most `snapshot_every` patches.
+/// - **Horizon.** The oldest point served: the first event until
+///   compaction moves it. A point before it is `BeforeHorizon` /
+///   `Compacted`, never a wrong answer. Compaction never drops the newest
+///   snapshot.
+/// - **Expected outcomes are values** (`Created::Exists`, `At::NotYet`,
+///   `ReadAfter::BeforeHorizon`, `History::Compacted`, `None` for an
+///   unchanged document); errors are failures.
+pub trait Storage: Send + Sync + 'static {
+    // ---- resources ----
+
+    /// Creates a resource unless one with that id exists (then nothing
+    /// changes). Durable before return.
+    fn create(&self, spec: ResourceSpec, now_ms: u64)
+        -> BoxFuture<'_, Result<Created, StoreError>>;
+
+    /// Creates a resource or updates the settings of an existing one,
+    /// keeping its log and creation time. Durable before return.
+    fn put(
+        &self,
+        spec: ResourceSpec,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<ResourceRecord, StoreError>>;
+
+    /// Deletes a resource and its log; false if there was none. An append
+    /// in flight finishes first, and none lands after it.
+    fn delete<'a>(&'a self, id: &'a ResourceId) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Every resource, ordered by id.
+    fn resources(&self) -> Vec<ResourceRecord>;
+
+    /// One resource's record.
+    fn resource(&self, id: &ResourceId) -> Option<ResourceRecord>;
+
+    // ---- the log ----
+
+    /// Diffs `doc` against the head and, if they differ, appends the patch
+    /// as the next event (the first version is one `add` at the root).
+    /// Returns the event and the id before it, once durable; `None` when
+    /// the document did not change.
+    fn append<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        doc: Value,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Appended>, StoreError>>;
+
+    /// The newest durable version, if the resource has one.
+    fn head(&self, id: &ResourceId) -> Result<Option<Head>, StoreError>;
+
+    /// Last event, horizon, and whether the log was compacted.
+    fn status(&self, id: &ResourceId) -> Result<LogStatus, StoreError>;
+
+    /// Up to `limit` events with id > `after`, oldest first, stopping once
+    /// `max_bytes` of patches are read (at least one event).
+    fn read_after<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        after: Ulid,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<ReadAfter, StoreError>>;
+
+    /// Whether `event` is a retained event of this resource.
+    fn contains<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        event: EventId,
+    ) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// The document as of `point`.
+    fn document_at<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        point: Point,
+    ) -> BoxFuture<'a, Result<At, StoreError>>;
+
+    /// Events after `after` (exclusive) up to `before` (inclusive), oldest
+    /// first, at most `limit`, with the cursor of the next page.
+    fn history<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        after: Option<Point>,
+        before: Option<Point>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History, StoreError>>;
+
+    /// Removes events older than the resource's `retain` as of `now_ms`,
+    /// keeping a snapshot at the new horizon.
+    fn compact<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Compaction, StoreError>>;
+
+    /// Makes everything written so far durable.
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Durable writes so far (fsyncs, or quorum acknowledgements), for
+    /// metrics: appends share them.
+    fn flushes(&self) -> u64;
+}
+
+impl Storage for crate::log::Store {
+    fn create(
+        &self,
+        spec: ResourceSpec,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<Created, StoreError>> {
+        Box::pin(crate::log::Store::create(self, spec, now_ms))
+    }
+
+    fn put(
+        &self,
+        spec: ResourceSpec,
+        now_ms: u64,
+    ) -> BoxFuture<'_, Result<ResourceRecord, StoreError>> {
+        Box::pin(crate::log::Store::put(self, spec, now_ms))
+    }
+
+    fn delete<'a>(&'a self, id: &'a ResourceId) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(crate::log::Store::delete(self, id))
+    }
+
+    fn resources(&self) -> Vec<ResourceRecord> {
+        crate::log::Store::resources(self)
+    }
+
+    fn resource(&self, id: &ResourceId) -> Option<ResourceRecord> {
+        crate::log::Store::resource(self, id)
+    }
+
+    fn append<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        doc: Value,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<Appended>, StoreError>> {
+        Box::pin(crate::log::Store::append_chained(self, id, doc, now_ms))
+    }
+
+    fn head(&self, id: &ResourceId) -> Result<Option<Head>, StoreError> {
+        crate::log::Store::head(self, id)
+    }
+
+    fn status(&self, id: &ResourceId) -> Result<LogStatus, StoreError> {
+        crate::log::Store::status(self, id)
+    }
+
+    fn read_after<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        after: Ulid,
+        limit: usize,
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<ReadAfter, StoreError>> {
+        Box::pin(std::future::ready(crate::log::Store::read_after_capped(
+            self, id, after, limit, max_bytes,
+        )))
+    }
+
+    fn contains<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        event: EventId,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(std::future::ready(crate::log::Store::contains(
+            self, id, event,
+        )))
+    }
+
+    fn document_at<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        point: Point,
+    ) -> BoxFuture<'a, Result<At, StoreError>> {
+        Box::pin(std::future::ready(crate::log::Store::document_at(
+            self, id, point,
+        )))
+    }
+
+    fn history<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        after: Option<Point>,
+        before: Option<Point>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History, StoreError>> {
+        Box::pin(std::future::ready(crate::log::Store::history(
+            self, id, after, before, limit,
+        )))
+    }
+
+    fn compact<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Compaction, StoreError>> {
+        Box::pin(crate::log::Store::compact(self, id, now_ms))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(crate::log::Store::flush(self))
+    }
+
+    fn flushes(&self) -> u64 {
+        crate::log::Store::flushes(self)
+    }
+}
