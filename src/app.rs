@@ -172,7 +172,7 @@ pub async fn start(
             read_token: config.read_token.clone(),
         }),
         feed: feed::Ctx {
-            store: store.clone(),
+            store: Arc::new(store.clone()),
             metrics: metrics.clone(),
             config: FeedConfig {
                 keep_alive: limits.keep_alive,

@@ -20,9 +20,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use ulid::Ulid;
 
 use crate::hub::{Notice, Published, UpstreamError};
-use crate::log::{ReadAfter, Store, StoreError};
 use crate::metrics::Metrics;
 use crate::model::{Event, EventId, Point, ResourceId};
+use crate::store::{ReadAfter, Store, StoreError};
 
 /// Where a subscriber starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,7 +174,7 @@ impl Feed {
             return None;
         }
         if let Some(resume) = self.start.take() {
-            let mut batch = self.begin(resume);
+            let mut batch = self.begin(resume).await;
             if let Some(e) = self.failing.take() {
                 batch.push(Message::Error(Arc::new(e)));
             }
@@ -188,7 +188,7 @@ impl Feed {
                 if self.ctx.shutdown.is_cancelled() {
                     return None;
                 }
-                if let Some(batch) = self.catch_up() {
+                if let Some(batch) = self.catch_up().await {
                     return Some(batch);
                 }
                 if self.done {
@@ -243,14 +243,14 @@ impl Feed {
     }
 
     /// The snapshot or the first page of catch-up for a resume point.
-    fn begin(&mut self, resume: Resume) -> Vec<Message> {
+    async fn begin(&mut self, resume: Resume) -> Vec<Message> {
         match resume {
             Resume::Fresh => self.snapshot().into_iter().collect(),
-            Resume::LastEventId(id) => match self.ctx.store.contains(&self.id, EventId(id)) {
+            Resume::LastEventId(id) => match self.ctx.store.contains(&self.id, EventId(id)).await {
                 Ok(true) => {
                     self.cursor = Some(id);
                     self.catching_up = true;
-                    self.catch_up().unwrap_or_default()
+                    self.catch_up().await.unwrap_or_default()
                 }
                 Ok(false) => self.snapshot().into_iter().collect(),
                 Err(e) => self.fail(e),
@@ -263,7 +263,7 @@ impl Feed {
                 Ok(Some(head)) => {
                     self.cursor = Some(point.upper_bound().min(head.id.0));
                     self.catching_up = true;
-                    self.catch_up().unwrap_or_default()
+                    self.catch_up().await.unwrap_or_default()
                 }
                 Ok(None) => Vec::new(),
                 Err(e) => self.fail(e),
@@ -294,14 +294,15 @@ impl Feed {
 
     /// One page of events after the cursor. Clears `catching_up` at the
     /// head. `None` when there is nothing to send.
-    fn catch_up(&mut self) -> Option<Vec<Message>> {
+    async fn catch_up(&mut self) -> Option<Vec<Message>> {
         let cursor = self.cursor?;
         let page = self.ctx.config.page.max(1);
         let page_bytes = self.ctx.config.page_bytes;
         match self
             .ctx
             .store
-            .read_after_capped(&self.id, cursor, page, page_bytes)
+            .read_after(&self.id, cursor, page, page_bytes)
+            .await
         {
             Ok(ReadAfter::Events(events)) => {
                 let bytes: usize = events.iter().map(|e| e.patch.len()).sum();

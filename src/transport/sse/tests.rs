@@ -156,7 +156,7 @@ fn run_case(
             Start::SinceTime(_) | Start::SinceZero => Resume::Since(Point::Time(0)),
         };
         let ctx = Ctx {
-            store: store.clone(),
+            store: Arc::new(store.clone()),
             metrics: Arc::new(Metrics::default()),
             config: FeedConfig {
                 keep_alive: Duration::from_millis(50),
@@ -301,7 +301,7 @@ async fn since_counts_events_in_its_millisecond_appended_after_the_stream_opened
     let hub = Hub::new(16);
     store.append_at(&id, json!({"v": 1}), T0).await.unwrap();
     let ctx = Ctx {
-        store: store.clone(),
+        store: Arc::new(store.clone()),
         metrics: Arc::new(Metrics::default()),
         config: FeedConfig::default(),
         shutdown: CancellationToken::new(),
@@ -370,7 +370,7 @@ async fn the_current_error_comes_with_the_first_chunk() {
         time_ms: T0,
     };
     let ctx = Ctx {
-        store: store.clone(),
+        store: Arc::new(store.clone()),
         metrics: Arc::new(Metrics::default()),
         config: FeedConfig::default(),
         shutdown: CancellationToken::new(),
