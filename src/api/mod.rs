@@ -6,6 +6,7 @@ mod auth;
 mod documents;
 pub mod error;
 mod events;
+mod openapi;
 mod ops;
 mod resources;
 mod streamdata;
@@ -55,6 +56,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .merge(documents::router())
         .merge(events::router())
         .merge(streamdata::router())
+        .merge(openapi::router())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone())
