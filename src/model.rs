@@ -149,12 +149,36 @@ pub enum Point {
     Time(u64),
 }
 
+/// Parses a ULID: exactly 26 Crockford base32 characters whose value fits
+/// in 128 bits. The `ulid` crate's own parser shifts the first character's
+/// top two bits out, so `8ZZZ…` would read as a small id; here a first
+/// character above `7` is an error (`None`), never a wrapped id.
+pub fn parse_ulid(s: &str) -> Option<Ulid> {
+    // 26 characters of 5 bits are 130 bits: the first may carry only 3.
+    match s.as_bytes().first() {
+        Some(b'0'..=b'7') if s.len() == ulid::ULID_LEN => Ulid::from_string(s).ok(),
+        _ => None,
+    }
+}
+
+/// Whether `s` has the shape of a ULID (26 base32 characters) but a value
+/// past 128 bits, which [`parse_ulid`] refuses.
+pub fn is_overflowing_ulid(s: &str) -> bool {
+    s.len() == ulid::ULID_LEN && parse_ulid(s).is_none() && Ulid::from_string(s).is_ok()
+}
+
 /// Why a string is not a [`Point`]. Carries the offending value so that a
 /// 400 can name it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{value:?} is not a point in time: expected a ULID (26 characters), an RFC 3339 timestamp or Unix milliseconds")]
+#[error("{value:?} is not a point in time: {}", if *.overflow {
+    "a 26-character ULID must start with 0-7 (larger values do not fit in 128 bits)"
+} else {
+    "expected a ULID (26 characters), an RFC 3339 timestamp or Unix milliseconds"
+})]
 pub struct PointError {
     pub value: String,
+    /// A ULID-shaped value too large for 128 bits.
+    pub overflow: bool,
 }
 
 /// Longest input [`Point::parse`] will look at; anything longer is rejected
@@ -162,20 +186,29 @@ pub struct PointError {
 const MAX_POINT_LEN: usize = 64;
 
 impl Point {
-    /// Parses a ULID (26 Crockford base32 characters), an RFC 3339 timestamp
-    /// (any offset) or a Unix time in milliseconds (ASCII digits).
+    /// Parses a ULID (26 Crockford base32 characters, at most
+    /// `7ZZZZZZZZZZZZZZZZZZZZZZZZZ`), an RFC 3339 timestamp (any offset) or a
+    /// Unix time in milliseconds (ASCII digits, other than 26 of them
+    /// starting with 8 or 9: those are an overflowing ULID, refused).
     pub fn parse(s: &str) -> Result<Point, PointError> {
         let err = || PointError {
             value: truncate_for_message(s),
+            overflow: false,
         };
         let t = s.trim();
         if t.is_empty() || t.len() > MAX_POINT_LEN {
             return Err(err());
         }
-        if t.len() == ulid::ULID_LEN {
-            if let Ok(u) = Ulid::from_string(t) {
-                return Ok(Point::Id(u));
-            }
+        if let Some(u) = parse_ulid(t) {
+            return Ok(Point::Id(u));
+        }
+        // Refused before the digits rule below: 26 digits starting with 8
+        // or 9 are an (overflowing) ULID, not a time.
+        if is_overflowing_ulid(t) {
+            return Err(PointError {
+                overflow: true,
+                ..err()
+            });
         }
         if t.bytes().all(|b| b.is_ascii_digit()) {
             // Too many digits for a u64 is still "a time far in the future".
@@ -314,6 +347,37 @@ mod tests {
     }
 
     #[test]
+    fn issue_17_overflowing_ulids_are_rejected_not_wrapped() {
+        let max = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ";
+        assert_eq!(parse_ulid(max), Some(Ulid(u128::MAX)));
+        assert_eq!(parse_ulid("00000000000000000000000000"), Some(Ulid(0)));
+        assert_eq!(parse_ulid(&max.to_ascii_lowercase()), Some(Ulid(u128::MAX)));
+        for bad in [
+            "80000000000000000000000000",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "ZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "zzzzzzzzzzzzzzzzzzzzzzzzzz",
+            "90000000000000000000000001",
+        ] {
+            assert_eq!(parse_ulid(bad), None, "{bad}");
+            assert!(is_overflowing_ulid(bad), "{bad}");
+            let e = Point::parse(bad).unwrap_err();
+            assert!(e.overflow, "{bad}");
+            let msg = e.to_string();
+            assert!(msg.contains(bad) && msg.contains("not a point"), "{msg}");
+        }
+        // Not ULID-shaped at all: the ordinary error, not "overflow".
+        assert!(!is_overflowing_ulid("7ZZZZZZZZZZZZZZZZZZZZZZZZ"));
+        assert!(!is_overflowing_ulid("8ZZZZZZZZZZZZZZZZZZZZZZZZU"));
+        assert_eq!(parse_ulid("8ZZZZZZZZZZZZZZZZZZZZZZZZU"), None);
+        // 27 digits are still a far-future time, i.e. "now".
+        assert_eq!(
+            Point::parse("800000000000000000000000000"),
+            Ok(Point::Time(MAX_ULID_MS))
+        );
+    }
+
+    #[test]
     fn time_bound_includes_whole_millisecond() {
         let p = Point::Time(1000);
         assert!(Ulid::from_parts(1000, RANDOM_MASK) <= p.upper_bound());
@@ -333,6 +397,12 @@ mod tests {
         #[test]
         fn point_parse_never_panics(s in ".{0,80}") {
             let _ = Point::parse(&s);
+        }
+
+        #[test]
+        fn parse_ulid_is_the_inverse_of_display(r in any::<u128>()) {
+            let u = Ulid(r);
+            prop_assert_eq!(parse_ulid(&u.to_string()), Some(u));
         }
 
         #[test]
