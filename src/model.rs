@@ -281,6 +281,154 @@ impl ResourceSpec {
     pub const DEFAULT_RETAIN: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
+// ---- URLs shown to clients and logs
+
+/// What a redacted secret is shown as.
+pub const REDACTED: &str = "***";
+
+/// Query parameter names whose values [`redact_url`] hides: compared
+/// case-insensitively, after percent-decoding, with `-` read as `_`.
+pub const CREDENTIAL_NAMES: &[&str] = &[
+    "token",
+    "access_token",
+    "auth",
+    "authorization",
+    "api_key",
+    "apikey",
+    "key",
+    "secret",
+    "client_secret",
+    "password",
+    "passwd",
+    "pwd",
+    "sig",
+    "signature",
+    "x_sd_token",
+    "session",
+    "sessionid",
+    "credential",
+    "credentials",
+];
+
+/// Suffixes that make a name credential-looking too (`refresh_token`,
+/// `x_api_key`, `app_secret`, `x_amz_signature`, ...).
+const CREDENTIAL_SUFFIXES: &[&str] = &["token", "_key", "secret", "password", "signature"];
+
+/// Whether a query parameter's (decoded) name looks like it carries a
+/// credential.
+pub fn is_credential_name(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase().replace('-', "_");
+    CREDENTIAL_NAMES.contains(&n.as_str()) || CREDENTIAL_SUFFIXES.iter().any(|s| n.ends_with(s))
+}
+
+/// `url` as shown to clients and written to logs: a password in the
+/// userinfo becomes `***` (a lone user name too: `https://<token>@host` is
+/// a common way to pass a token), and so does the value of every query
+/// parameter whose name [`is_credential_name`]. Everything else is kept
+/// verbatim. Polling uses the real URL; this is for display only.
+pub fn redact_url(url: &str) -> String {
+    let out = redact_verbatim(url);
+    // The text surgery follows the URL grammar; if the parser the fetcher
+    // uses still finds a secret in the result (an exotic spelling), show
+    // the parser's own, normalised, redaction instead.
+    match url::Url::parse(&out) {
+        Ok(u) if shows_secret(&u) => redact_parsed(u),
+        _ => out,
+    }
+}
+
+fn redact_verbatim(url: &str) -> String {
+    let (before_fragment, fragment) = match url.find('#') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    let (head, query) = match before_fragment.find('?') {
+        Some(i) => (&before_fragment[..i], Some(&before_fragment[i + 1..])),
+        None => (before_fragment, None),
+    };
+    let mut out = redact_userinfo(head);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&redact_query(q));
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// `scheme://user:pw@host/path` → `scheme://user:***@host/path`.
+fn redact_userinfo(head: &str) -> String {
+    let Some(colon) = head.find(':') else {
+        return head.to_owned();
+    };
+    let rest = &head[colon + 1..];
+    let slashes = rest.len() - rest.trim_start_matches(['/', '\\']).len();
+    let auth_start = colon + 1 + slashes;
+    let authority_len = head[auth_start..]
+        .find(['/', '\\'])
+        .unwrap_or(head.len() - auth_start);
+    let authority = &head[auth_start..auth_start + authority_len];
+    let Some(at) = authority.rfind('@') else {
+        return head.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None if userinfo.is_empty() => String::new(),
+        None => REDACTED.to_owned(),
+    };
+    format!("{}{shown}{}", &head[..auth_start], &head[auth_start + at..])
+}
+
+fn redact_query(q: &str) -> String {
+    q.split('&')
+        .map(|part| {
+            let (raw_name, value) = part.split_once('=').unwrap_or((part, ""));
+            let name = form_urlencoded::parse(raw_name.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if !value.is_empty() && is_credential_name(&name) {
+                format!("{raw_name}={REDACTED}")
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn shows_secret(u: &url::Url) -> bool {
+    let pw = u.password().is_some_and(|p| p != REDACTED);
+    let user = u.password().is_none() && !u.username().is_empty() && u.username() != REDACTED;
+    let query = u
+        .query_pairs()
+        .any(|(k, v)| is_credential_name(&k) && !v.is_empty() && v != REDACTED);
+    pw || user || query
+}
+
+fn redact_parsed(mut u: url::Url) -> String {
+    if u.password().is_some() {
+        let _ = u.set_password(Some(REDACTED));
+    } else if !u.username().is_empty() {
+        let _ = u.set_username(REDACTED);
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_credential_name(&k) && !v.is_empty() {
+                    REDACTED.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
+}
+
 /// A resource as stored: its settings plus when it was created.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceRecord {
@@ -378,6 +526,41 @@ mod tests {
     }
 
     #[test]
+    fn issue_17_credentials_in_urls_are_redacted() {
+        for (url, shown) in [
+            (
+                "https://user:pw@api.example.com/x?api_key=SECRET&cur=EUR",
+                "https://user:***@api.example.com/x?api_key=***&cur=EUR",
+            ),
+            (
+                "http://ghp_tok@h/x?a=1&Token=t&X-Sd-Token=s&ACCESS_TOKEN=a",
+                "http://***@h/x?a=1&Token=***&X-Sd-Token=***&ACCESS_TOKEN=***",
+            ),
+            (
+                "http://h/x?%61pi_key=S&refresh-token=R&x_amz_signature=Z&sig=1&k=2#frag",
+                "http://h/x?%61pi_key=***&refresh-token=***&x_amz_signature=***&sig=***&k=2#frag",
+            ),
+            (
+                "HTTP://u:p@h:8080?secret=s",
+                "HTTP://u:***@h:8080?secret=***",
+            ),
+            ("http://h/p@q?x=1", "http://h/p@q?x=1"),
+            ("http://h/x?key&key=", "http://h/x?key&key="),
+            ("http://@h/", "http://@h/"),
+            (
+                "https://api.example.com/ticker?cur=EUR",
+                "https://api.example.com/ticker?cur=EUR",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        // Spellings only the parser reads as userinfo are redacted too.
+        let odd = redact_url("http:\\\\u:pw@h/");
+        assert!(!odd.contains("pw"), "{odd}");
+    }
+
+    #[test]
     fn time_bound_includes_whole_millisecond() {
         let p = Point::Time(1000);
         assert!(Ulid::from_parts(1000, RANDOM_MASK) <= p.upper_bound());
@@ -397,6 +580,21 @@ mod tests {
         #[test]
         fn point_parse_never_panics(s in ".{0,80}") {
             let _ = Point::parse(&s);
+        }
+
+        #[test]
+        fn redacted_urls_never_show_the_password_or_credential_values(
+            user in "[a-z]{0,5}",
+            pw in "[A-Za-z0-9%]{1,8}",
+            name in "(api_key|token|sig|x-sd-token|cur|id)",
+            value in "[A-Za-z0-9]{1,8}",
+        ) {
+            let url = format!("https://{user}:Q{pw}@h.example/p?{name}=V{value}&n=1");
+            let shown = redact_url(&url);
+            let needle = format!("Q{pw}");
+            prop_assert!(!shown.contains(&needle), "{}", shown);
+            let v = format!("V{value}");
+            prop_assert_eq!(shown.contains(&v), !is_credential_name(&name), "{}", shown);
         }
 
         #[test]

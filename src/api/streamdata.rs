@@ -3,8 +3,10 @@
 //! `GET /{upstream-url}` when it starts with `http:` or `https:`).
 //!
 //! The upstream URL is the rest of the path verbatim plus the query minus
-//! every `X-Sd-Token` / `X-Sd-Header` parameter (others keep their order and
-//! encoding). The stream is the main one with streamdata's event names and
+//! every `X-Sd-Header` parameter and every credential parameter
+//! (`X-Sd-Token`, `access_token`: any case, percent-encoded or not), so a
+//! token never reaches the upstream, the store or a view; others keep their
+//! order and encoding. The stream is the main one with streamdata's event names and
 //! ASCII-only JSON (`Flavor::Streamdata`); only the `Last-Event-ID` header
 //! resumes, since the query belongs to the upstream. CORS is open: browser
 //! apps were the SDK's main users. Unknown URLs get an ad-hoc resource in
@@ -22,6 +24,7 @@ use percent_encoding::percent_decode_str;
 
 use super::events::{resume, sse_response};
 use super::{auth, ApiError, AppState};
+use crate::model::redact_url;
 use crate::registry::ProxyError;
 use crate::sse::Flavor;
 
@@ -98,7 +101,8 @@ async fn stream(state: &AppState, req: &Parts) -> Result<Response, ApiError> {
             .await
             .map_err(|e| match e {
                 ProxyError::Disabled => ApiError::ResourceNotFound(format!(
-                    "{url} (no resource polls this URL with these headers, and proxy mode is off)"
+                    "{} (no resource polls this URL with these headers, and proxy mode is off)",
+                    redact_url(&url)
                 )),
                 ProxyError::Refused(e) => ApiError::UpstreamRefused(e.to_string()),
                 ProxyError::Full(_) => ApiError::ProxyFull(e.to_string()),
@@ -138,18 +142,25 @@ pub(crate) fn upstream(uri: &Uri) -> Result<(String, BTreeMap<String, String>), 
         }
     }
 
+    // A URL encoded whole (`https%3A%2F%2Fh%2Fx%3Fa%3D1`) brings its query
+    // in the path: its parameters are filtered like the request's.
+    let (base, base_query) = match base.split_once('?') {
+        Some((b, q)) => (b.to_owned(), Some(q.to_owned())),
+        None => (base, None),
+    };
     let mut kept: Vec<&str> = Vec::new();
     let mut headers = BTreeMap::new();
-    for part in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
+    for part in base_query
+        .as_deref()
+        .into_iter()
+        .chain(uri.query())
+        .flat_map(|q| q.split('&'))
         .filter(|p| !p.is_empty())
     {
         let (k, v) = form_urlencoded::parse(part.as_bytes())
             .next()
             .unwrap_or_default();
-        if k.eq_ignore_ascii_case("x-sd-token") {
+        if auth::is_credential_param(&k) {
             continue;
         }
         if k.eq_ignore_ascii_case("x-sd-header") {
@@ -172,11 +183,13 @@ pub(crate) fn upstream(uri: &Uri) -> Result<(String, BTreeMap<String, String>), 
     match url::Url::parse(&url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok((url, headers)),
         Ok(u) => Err(ApiError::BadRequest(format!(
-            "invalid upstream URL {url:?}: scheme {:?} is not http or https",
+            "invalid upstream URL {:?}: scheme {:?} is not http or https",
+            redact_url(&url),
             u.scheme()
         ))),
         Err(e) => Err(ApiError::BadRequest(format!(
-            "invalid upstream URL {url:?}: {e}"
+            "invalid upstream URL {:?}: {e}",
+            redact_url(&url)
         ))),
     }
 }
@@ -220,6 +233,24 @@ mod tests {
         assert_eq!(url, "http://h:8080/a/b?z=1&a=%20x&m=2");
         assert_eq!(headers["Authorization"], "Bearer abc");
         assert_eq!(headers["X-Api-Key"], "k");
+    }
+
+    #[test]
+    fn issue_17_credential_parameters_never_reach_the_upstream_url() {
+        for s in [
+            "/streamdata/http://h/x?a=1&access_token=T&b=2",
+            "/streamdata/http://h/x?a=1&ACCESS_TOKEN=T&b=2",
+            "/streamdata/http://h/x?access%5Ftoken=T&a=1&b=2",
+            "/streamdata/http://h/x?a=1&b=2&X%2DSd%2DToken=T",
+            "/streamdata/http://h/x?a=1&X-SD-TOKEN=T&b=2&x-sd-token=U",
+            "/http://h/x?a=1&b=2&access_token=T",
+            "/streamdata/http%3A%2F%2Fh%2Fx%3Fa%3D1%26access_token%3DT%26b%3D2",
+            "/http%3A%2F%2Fh%2Fx%3Faccess_token%3DT%26a%3D1?b=2&X-Sd-Token=U",
+        ] {
+            let (url, _) = up(s);
+            assert_eq!(url, "http://h/x?a=1&b=2", "{s}");
+        }
+        assert_eq!(up("/streamdata/http://h/x?access_token=T").0, "http://h/x");
     }
 
     #[test]
