@@ -391,6 +391,7 @@ fn resource(i: usize, r: RawResource) -> Result<ResourceSpec, ConfigError> {
         headers: r.headers,
         snapshot_every,
         retain,
+        ad_hoc: false,
     })
 }
 

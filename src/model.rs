@@ -271,6 +271,11 @@ pub struct ResourceSpec {
     pub snapshot_every: u32,
     /// History kept; `None` keeps everything.
     pub retain: Option<Duration>,
+    /// Created by the streamdata proxy for an unknown URL, and so removed
+    /// after `proxy.idle` without subscribers. Stored with the resource,
+    /// never inferred from its id: a resource registered under an id that
+    /// looks like the proxy's is never reaped.
+    pub ad_hoc: bool,
 }
 
 impl ResourceSpec {
@@ -279,6 +284,45 @@ impl ResourceSpec {
     pub const DEFAULT_SNAPSHOT_EVERY: u32 = 100;
     pub const MAX_SNAPSHOT_EVERY: u32 = 100_000;
     pub const DEFAULT_RETAIN: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// History of an ad-hoc resource: as long as it lives, at most a day.
+    pub const AD_HOC_RETAIN: Duration = Duration::from_secs(24 * 3600);
+}
+
+/// 64-bit FNV-1a: a stable (across runs and Rust versions) short hash for
+/// ad-hoc resource ids. Not a secret: only the URL goes in, never headers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The id the streamdata proxy gives an ad-hoc resource for `url`
+/// (`sd-<hash>`; `-2`…`-16` are appended for other headers).
+pub fn ad_hoc_base(url: &str) -> String {
+    format!("sd-{:016x}", fnv1a(normalize_url(url).as_bytes()))
+}
+
+/// Whether `id` is one the proxy derives for `url` (`sd-<hash>[-<n>]`).
+/// Only for records written before the ad-hoc flag was stored
+/// (`log::codec`): everywhere else the stored flag decides.
+pub fn is_ad_hoc_id(id: &ResourceId, url: &str) -> bool {
+    let base = ad_hoc_base(url);
+    match id.as_str().strip_prefix(base.as_str()) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('-')
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| (2..=16).contains(&n)),
+        None => false,
+    }
+}
+
+/// URLs compare after parsing (scheme/host case, default port, empty path).
+pub fn normalize_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.to_string(),
+        Err(_) => url.to_owned(),
+    }
 }
 
 // ---- URLs shown to clients and logs
@@ -558,6 +602,25 @@ mod tests {
         // Spellings only the parser reads as userinfo are redacted too.
         let odd = redact_url("http:\\\\u:pw@h/");
         assert!(!odd.contains("pw"), "{odd}");
+    }
+
+    #[test]
+    fn ad_hoc_ids_are_stable_and_recognised() {
+        let url = "https://API.example.com:443/ticker?cur=EUR";
+        let base = ad_hoc_base(url);
+        assert_eq!(base, ad_hoc_base("https://api.example.com/ticker?cur=EUR"));
+        // Fixed forever: ids of stored ad-hoc resources depend on it.
+        assert_eq!(
+            ad_hoc_base("https://api.example.com/x"),
+            format!("sd-{:016x}", fnv1a(b"https://api.example.com/x"))
+        );
+        assert!(ResourceId::new(&base).is_ok());
+        let id = |s: &str| ResourceId::new(s).unwrap();
+        assert!(is_ad_hoc_id(&id(&base), url));
+        assert!(is_ad_hoc_id(&id(&format!("{base}-2")), url));
+        assert!(!is_ad_hoc_id(&id(&format!("{base}-17")), url));
+        assert!(!is_ad_hoc_id(&id(&base), "https://other.example.com/"));
+        assert!(!is_ad_hoc_id(&id("btc-eur"), url));
     }
 
     #[test]

@@ -129,6 +129,7 @@ fn validate(state: &AppState, new: NewResource) -> Result<ResourceSpec, ApiError
         headers,
         snapshot_every,
         retain,
+        ad_hoc: false,
     })
 }
 

@@ -83,6 +83,7 @@ fn run_case(
                     headers: Default::default(),
                     snapshot_every: 3,
                     retain: None,
+                    ad_hoc: false,
                 },
                 0,
             )
