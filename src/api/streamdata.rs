@@ -116,20 +116,8 @@ async fn stream(state: &AppState, req: &Parts) -> Result<Response, ApiError> {
 
 /// The upstream URL and headers a request names.
 pub(crate) fn upstream(uri: &Uri) -> Result<(String, BTreeMap<String, String>), ApiError> {
-    let path = uri.path();
-    let rest = match path.strip_prefix(PREFIX) {
-        Some(r) if path.len() > PREFIX.len() => r,
-        _ => path.trim_start_matches('/'),
-    };
-    // An encoded URL (https%3A%2F%2F...) is decoded once.
-    let mut base = if rest.len() > 8 && rest[..8].to_ascii_lowercase().contains("%3a") {
-        percent_decode_str(rest)
-            .decode_utf8()
-            .map_err(|_| ApiError::BadRequest("the upstream URL is not valid UTF-8".into()))?
-            .into_owned()
-    } else {
-        rest.to_owned()
-    };
+    let mut base = decoded_rest(uri.path())
+        .ok_or_else(|| ApiError::BadRequest("the upstream URL is not valid UTF-8".into()))?;
     // Some proxies merge `//` in paths: put the authority's slashes back.
     for scheme in ["https:", "http:"] {
         if base.len() > scheme.len()
@@ -194,6 +182,43 @@ pub(crate) fn upstream(uri: &Uri) -> Result<(String, BTreeMap<String, String>), 
     }
 }
 
+/// The upstream URL part of a route path (after the prefix, or the root
+/// alias's `/`); an encoded URL (`https%3A%2F%2F...`) is decoded once.
+/// `None` if that decoding is not UTF-8.
+fn decoded_rest(path: &str) -> Option<String> {
+    let rest = match path.strip_prefix(PREFIX) {
+        Some(r) if path.len() > PREFIX.len() => r,
+        _ => path.trim_start_matches('/'),
+    };
+    let head = rest.as_bytes().get(..8).unwrap_or_default();
+    if rest.len() > 8 && head.windows(3).any(|w| w.eq_ignore_ascii_case(b"%3a")) {
+        percent_decode_str(rest)
+            .decode_utf8()
+            .ok()
+            .map(|d| d.into_owned())
+    } else {
+        Some(rest.to_owned())
+    }
+}
+
+/// A request path as request spans log it: an upstream URL on this route
+/// (prefix or root alias) is shown decoded and redacted
+/// (`model::redact_url`), since its userinfo or an encoded query may hold
+/// credentials; any other path is logged as is.
+pub(crate) fn path_for_log(path: &str) -> String {
+    let prefix = if path.len() > PREFIX.len() && path.starts_with(PREFIX) {
+        PREFIX
+    } else if is_root_alias(path) {
+        "/"
+    } else {
+        return path.to_owned();
+    };
+    match decoded_rest(path) {
+        Some(url) => format!("{prefix}{}", redact_url(&url)),
+        None => format!("{prefix}(an upstream URL that is not UTF-8)"),
+    }
+}
+
 /// `X-Sd-Header=Name: value`.
 fn parse_header(raw: &str) -> Result<(String, String), ApiError> {
     let bad = || {
@@ -251,6 +276,32 @@ mod tests {
             assert_eq!(url, "http://h/x?a=1&b=2", "{s}");
         }
         assert_eq!(up("/streamdata/http://h/x?access_token=T").0, "http://h/x");
+    }
+
+    #[test]
+    fn issue_17_logged_paths_hide_credentials_in_upstream_urls() {
+        for (path, logged) in [
+            (
+                "/streamdata/http://u:pw@h/x",
+                "/streamdata/http://u:***@h/x",
+            ),
+            ("/http://u:pw@h/x", "/http://u:***@h/x"),
+            (
+                "/streamdata/http%3A%2F%2Fh%2Fx%3Fapi_key%3DK%26a%3D1",
+                "/streamdata/http://h/x?api_key=***&a=1",
+            ),
+            ("/v1/resources/r/events", "/v1/resources/r/events"),
+            ("/streamdata/", "/streamdata/"),
+            (
+                "/streamdata/http%3A%2F%2F%FF%FE",
+                "/streamdata/(an upstream URL that is not UTF-8)",
+            ),
+        ] {
+            assert_eq!(path_for_log(path), logged, "{path}");
+        }
+        // Non-ASCII right at the decoding check: no slicing inside a char.
+        assert_eq!(path_for_log("/v1/ééééé"), "/v1/ééééé");
+        assert!(decoded_rest("/streamdata/ééééé").is_some());
     }
 
     #[test]
