@@ -120,8 +120,11 @@ pub(crate) fn upstream(uri: &Uri) -> Result<(String, BTreeMap<String, String>), 
         .ok_or_else(|| ApiError::BadRequest("the upstream URL is not valid UTF-8".into()))?;
     // Some proxies merge `//` in paths: put the authority's slashes back.
     for scheme in ["https:", "http:"] {
+        // `get`: the path may be any UTF-8, and byte 5 or 6 inside a char.
         if base.len() > scheme.len()
-            && base[..scheme.len()].eq_ignore_ascii_case(scheme)
+            && base
+                .get(..scheme.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(scheme))
             && !base[scheme.len()..].starts_with("//")
         {
             let tail = base[scheme.len()..].trim_start_matches('/').to_owned();
@@ -299,9 +302,16 @@ mod tests {
         ] {
             assert_eq!(path_for_log(path), logged, "{path}");
         }
-        // Non-ASCII right at the decoding check: no slicing inside a char.
+        // Non-ASCII across the bytes the checks look at: no slicing inside
+        // a char; not a URL, a 400; `http://aéééx` (an IDN host) is one.
         assert_eq!(path_for_log("/v1/ééééé"), "/v1/ééééé");
-        assert!(decoded_rest("/streamdata/ééééé").is_some());
+        assert!(decoded_rest("/streamdata/aééééé").is_some());
+        let uri = |p: &str| Uri::builder().path_and_query(p).build().unwrap();
+        for p in ["/streamdata/aééééx", "/streamdata/aéééx"] {
+            let e = upstream(&uri(p)).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{p}");
+        }
+        assert_eq!(upstream(&uri("/http:aéééx")).unwrap().0, "http://aéééx");
     }
 
     #[test]

@@ -372,3 +372,40 @@ async fn issue_17_a_resource_registered_under_the_proxys_id_is_never_reaped() {
         s.crash_and_restart();
     }
 }
+
+// ------------------------------------- found on the way: a panicking path
+
+/// The streamdata route sliced the path as text at fixed byte offsets (8,
+/// to look for an encoded URL; 5 and 6, to repair `http:/`): raw UTF-8 in
+/// the path with a character across one of them panicked the request's
+/// task, and the client got no answer at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_17_non_ascii_streamdata_paths_get_an_answer_not_a_panic() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Server::start("");
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    for (path, answer) in [
+        // Not a URL: 400.
+        ("/streamdata/a\u{e9}\u{e9}\u{e9}\u{e9}x", "HTTP/1.1 400"),
+        // `http://aéééx`, a URL (an IDN host) that no resource polls: 404.
+        ("/http:a\u{e9}\u{e9}\u{e9}x", "HTTP/1.1 404"),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        c.write_all(req.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(WAIT, c.read_to_end(&mut out))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with(answer),
+            "{path}: {text:?}; log: {}",
+            stderr(&s)
+        );
+        assert!(text.contains("{\"error\":{\"code\":"), "{path}: {text}");
+    }
+    let log = stderr(&s);
+    assert!(!log.contains("panicked"), "{log}");
+}
