@@ -186,6 +186,7 @@ impl Sys {
                         headers: Default::default(),
                         snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
                         retain: None,
+                        ad_hoc: false,
                     },
                     now_ms(),
                 )

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use patchfeed::config::{parse_duration, parse_retain, Config};
 use patchfeed::log::{At, Compaction, History, ReadAfter, Store};
-use patchfeed::model::{format_rfc3339_ms, EventId, Point, ResourceId, ResourceSpec, MAX_ULID_MS};
+use patchfeed::model::{
+    format_rfc3339_ms, is_overflowing_ulid, parse_ulid, EventId, Point, ResourceId, ResourceSpec,
+    MAX_ULID_MS,
+};
 use serde_json::{json, Map, Value};
 use ulid::Ulid;
 
@@ -247,7 +250,7 @@ pub fn mutate(r: &mut Input<'_>, v: &mut Value, depth: usize) {
 const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
 
 /// `Point::parse` (used for `at`, `since`, `after`, `before`) and the
-/// Last-Event-ID parse (`Ulid::from_string` of the trimmed value) never
+/// Last-Event-ID parse (`model::parse_ulid` of the trimmed value) never
 /// panic, and what they accept is consistent:
 /// - a point is an id exactly when the trimmed text is a 26-character ULID,
 ///   and then it is that ULID, which prints back to a text parsing the same;
@@ -255,12 +258,14 @@ const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
 ///   ms and RFC 3339, and its `upper_bound` is the last id of its
 ///   millisecond;
 /// - surrounding whitespace changes nothing;
+/// - 26 base32 characters past 128 bits (first character above `7`) are an
+///   error flagged `overflow`, never a wrapped id or a time;
 /// - an error quotes (a prefix of) the input.
 pub fn parse_point(data: &[u8]) {
     let s = String::from_utf8_lossy(data);
     let s = s.as_ref();
     let t = s.trim();
-    let last_event_id = Ulid::from_string(t).ok();
+    let last_event_id = parse_ulid(t);
     let got = Point::parse(s);
     match got {
         Ok(Point::Id(u)) => {
@@ -299,7 +304,12 @@ pub fn parse_point(data: &[u8]) {
             assert!(s.starts_with(v), "error value {:?} for {s:?}", e.value);
             assert!(e.value.len() <= 80 + '…'.len_utf8());
             assert!(e.to_string().contains("not a point"));
+            assert_eq!(e.overflow, is_overflowing_ulid(t), "{s:?}: overflow flag");
         }
+    }
+    // A ULID-shaped value past 128 bits is refused, never wrapped.
+    if is_overflowing_ulid(t) {
+        assert!(got.is_err(), "{s:?} overflows 128 bits but parsed");
     }
     // Whitespace around the value (a header's, a query's) changes nothing.
     if s.len() < 200 {
@@ -703,6 +713,7 @@ fn spec(id: &str, snapshot_every: u32, retain_ms: Option<u64>) -> ResourceSpec {
         headers: Default::default(),
         snapshot_every,
         retain: retain_ms.map(Duration::from_millis),
+        ad_hoc: false,
     }
 }
 

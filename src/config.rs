@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::{ResourceId, ResourceSpec};
+use crate::model::{redact_url, ResourceId, ResourceSpec};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -334,11 +334,11 @@ fn resource(i: usize, r: RawResource) -> Result<ResourceSpec, ConfigError> {
     let key = |k: &str| format!("resource[{i}].{k}");
     let id = ResourceId::new(&r.id).map_err(|e| invalid(key("id"), format!("{:?}: {e}", r.id)))?;
     let url = reqwest::Url::parse(&r.url)
-        .map_err(|e| invalid(key("url"), format!("{:?}: {e}", r.url)))?;
+        .map_err(|e| invalid(key("url"), format!("{:?}: {e}", redact_url(&r.url))))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid(
             key("url"),
-            format!("{:?}: only http and https", r.url),
+            format!("{:?}: only http and https", redact_url(&r.url)),
         ));
     }
     let interval = match r.interval {
@@ -391,6 +391,7 @@ fn resource(i: usize, r: RawResource) -> Result<ResourceSpec, ConfigError> {
         headers: r.headers,
         snapshot_every,
         retain,
+        ad_hoc: false,
     })
 }
 

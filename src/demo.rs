@@ -158,6 +158,7 @@ pub fn demo_spec(addr: SocketAddr) -> ResourceSpec {
         headers: Default::default(),
         snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
         retain: Some(Duration::from_secs(24 * 3600)),
+        ad_hoc: false,
     }
 }
 

@@ -149,12 +149,36 @@ pub enum Point {
     Time(u64),
 }
 
+/// Parses a ULID: exactly 26 Crockford base32 characters whose value fits
+/// in 128 bits. The `ulid` crate's own parser shifts the first character's
+/// top two bits out, so `8ZZZ…` would read as a small id; here a first
+/// character above `7` is an error (`None`), never a wrapped id.
+pub fn parse_ulid(s: &str) -> Option<Ulid> {
+    // 26 characters of 5 bits are 130 bits: the first may carry only 3.
+    match s.as_bytes().first() {
+        Some(b'0'..=b'7') if s.len() == ulid::ULID_LEN => Ulid::from_string(s).ok(),
+        _ => None,
+    }
+}
+
+/// Whether `s` has the shape of a ULID (26 base32 characters) but a value
+/// past 128 bits, which [`parse_ulid`] refuses.
+pub fn is_overflowing_ulid(s: &str) -> bool {
+    s.len() == ulid::ULID_LEN && parse_ulid(s).is_none() && Ulid::from_string(s).is_ok()
+}
+
 /// Why a string is not a [`Point`]. Carries the offending value so that a
 /// 400 can name it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{value:?} is not a point in time: expected a ULID (26 characters), an RFC 3339 timestamp or Unix milliseconds")]
+#[error("{value:?} is not a point in time: {}", if *.overflow {
+    "a 26-character ULID must start with 0-7 (larger values do not fit in 128 bits)"
+} else {
+    "expected a ULID (26 characters), an RFC 3339 timestamp or Unix milliseconds"
+})]
 pub struct PointError {
     pub value: String,
+    /// A ULID-shaped value too large for 128 bits.
+    pub overflow: bool,
 }
 
 /// Longest input [`Point::parse`] will look at; anything longer is rejected
@@ -162,20 +186,29 @@ pub struct PointError {
 const MAX_POINT_LEN: usize = 64;
 
 impl Point {
-    /// Parses a ULID (26 Crockford base32 characters), an RFC 3339 timestamp
-    /// (any offset) or a Unix time in milliseconds (ASCII digits).
+    /// Parses a ULID (26 Crockford base32 characters, at most
+    /// `7ZZZZZZZZZZZZZZZZZZZZZZZZZ`), an RFC 3339 timestamp (any offset) or a
+    /// Unix time in milliseconds (ASCII digits, other than 26 of them
+    /// starting with 8 or 9: those are an overflowing ULID, refused).
     pub fn parse(s: &str) -> Result<Point, PointError> {
         let err = || PointError {
             value: truncate_for_message(s),
+            overflow: false,
         };
         let t = s.trim();
         if t.is_empty() || t.len() > MAX_POINT_LEN {
             return Err(err());
         }
-        if t.len() == ulid::ULID_LEN {
-            if let Ok(u) = Ulid::from_string(t) {
-                return Ok(Point::Id(u));
-            }
+        if let Some(u) = parse_ulid(t) {
+            return Ok(Point::Id(u));
+        }
+        // Refused before the digits rule below: 26 digits starting with 8
+        // or 9 are an (overflowing) ULID, not a time.
+        if is_overflowing_ulid(t) {
+            return Err(PointError {
+                overflow: true,
+                ..err()
+            });
         }
         if t.bytes().all(|b| b.is_ascii_digit()) {
             // Too many digits for a u64 is still "a time far in the future".
@@ -238,6 +271,11 @@ pub struct ResourceSpec {
     pub snapshot_every: u32,
     /// History kept; `None` keeps everything.
     pub retain: Option<Duration>,
+    /// Created by the streamdata proxy for an unknown URL, and so removed
+    /// after `proxy.idle` without subscribers. Stored with the resource,
+    /// never inferred from its id: a resource registered under an id that
+    /// looks like the proxy's is never reaped.
+    pub ad_hoc: bool,
 }
 
 impl ResourceSpec {
@@ -246,6 +284,193 @@ impl ResourceSpec {
     pub const DEFAULT_SNAPSHOT_EVERY: u32 = 100;
     pub const MAX_SNAPSHOT_EVERY: u32 = 100_000;
     pub const DEFAULT_RETAIN: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// History of an ad-hoc resource: as long as it lives, at most a day.
+    pub const AD_HOC_RETAIN: Duration = Duration::from_secs(24 * 3600);
+}
+
+/// 64-bit FNV-1a: a stable (across runs and Rust versions) short hash for
+/// ad-hoc resource ids. Not a secret: only the URL goes in, never headers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The id the streamdata proxy gives an ad-hoc resource for `url`
+/// (`sd-<hash>`; `-2`…`-16` are appended for other headers).
+pub fn ad_hoc_base(url: &str) -> String {
+    format!("sd-{:016x}", fnv1a(normalize_url(url).as_bytes()))
+}
+
+/// Whether `id` is one the proxy derives for `url` (`sd-<hash>[-<n>]`).
+/// Only for records written before the ad-hoc flag was stored
+/// (`log::codec`): everywhere else the stored flag decides.
+pub fn is_ad_hoc_id(id: &ResourceId, url: &str) -> bool {
+    let base = ad_hoc_base(url);
+    match id.as_str().strip_prefix(base.as_str()) {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('-')
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| (2..=16).contains(&n)),
+        None => false,
+    }
+}
+
+/// URLs compare after parsing (scheme/host case, default port, empty path).
+pub fn normalize_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => u.to_string(),
+        Err(_) => url.to_owned(),
+    }
+}
+
+// ---- URLs shown to clients and logs
+
+/// What a redacted secret is shown as.
+pub const REDACTED: &str = "***";
+
+/// Query parameter names whose values [`redact_url`] hides: compared
+/// case-insensitively, after percent-decoding, with `-` read as `_`.
+pub const CREDENTIAL_NAMES: &[&str] = &[
+    "token",
+    "access_token",
+    "auth",
+    "authorization",
+    "api_key",
+    "apikey",
+    "key",
+    "secret",
+    "client_secret",
+    "password",
+    "passwd",
+    "pwd",
+    "sig",
+    "signature",
+    "x_sd_token",
+    "session",
+    "sessionid",
+    "credential",
+    "credentials",
+];
+
+/// Suffixes that make a name credential-looking too (`refresh_token`,
+/// `x_api_key`, `app_secret`, `x_amz_signature`, ...).
+const CREDENTIAL_SUFFIXES: &[&str] = &["token", "_key", "secret", "password", "signature"];
+
+/// Whether a query parameter's (decoded) name looks like it carries a
+/// credential.
+pub fn is_credential_name(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase().replace('-', "_");
+    CREDENTIAL_NAMES.contains(&n.as_str()) || CREDENTIAL_SUFFIXES.iter().any(|s| n.ends_with(s))
+}
+
+/// `url` as shown to clients and written to logs: a password in the
+/// userinfo becomes `***` (a lone user name too: `https://<token>@host` is
+/// a common way to pass a token), and so does the value of every query
+/// parameter whose name [`is_credential_name`]. Everything else is kept
+/// verbatim. Polling uses the real URL; this is for display only.
+pub fn redact_url(url: &str) -> String {
+    let out = redact_verbatim(url);
+    // The text surgery follows the URL grammar; if the parser the fetcher
+    // uses still finds a secret in the result (an exotic spelling), show
+    // the parser's own, normalised, redaction instead.
+    match url::Url::parse(&out) {
+        Ok(u) if shows_secret(&u) => redact_parsed(u),
+        _ => out,
+    }
+}
+
+fn redact_verbatim(url: &str) -> String {
+    let (before_fragment, fragment) = match url.find('#') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    let (head, query) = match before_fragment.find('?') {
+        Some(i) => (&before_fragment[..i], Some(&before_fragment[i + 1..])),
+        None => (before_fragment, None),
+    };
+    let mut out = redact_userinfo(head);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&redact_query(q));
+    }
+    out.push_str(fragment);
+    out
+}
+
+/// `scheme://user:pw@host/path` → `scheme://user:***@host/path`.
+fn redact_userinfo(head: &str) -> String {
+    let Some(colon) = head.find(':') else {
+        return head.to_owned();
+    };
+    let rest = &head[colon + 1..];
+    let slashes = rest.len() - rest.trim_start_matches(['/', '\\']).len();
+    let auth_start = colon + 1 + slashes;
+    let authority_len = head[auth_start..]
+        .find(['/', '\\'])
+        .unwrap_or(head.len() - auth_start);
+    let authority = &head[auth_start..auth_start + authority_len];
+    let Some(at) = authority.rfind('@') else {
+        return head.to_owned();
+    };
+    let userinfo = &authority[..at];
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:{REDACTED}"),
+        None if userinfo.is_empty() => String::new(),
+        None => REDACTED.to_owned(),
+    };
+    format!("{}{shown}{}", &head[..auth_start], &head[auth_start + at..])
+}
+
+fn redact_query(q: &str) -> String {
+    q.split('&')
+        .map(|part| {
+            let (raw_name, value) = part.split_once('=').unwrap_or((part, ""));
+            let name = form_urlencoded::parse(raw_name.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if !value.is_empty() && is_credential_name(&name) {
+                format!("{raw_name}={REDACTED}")
+            } else {
+                part.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn shows_secret(u: &url::Url) -> bool {
+    let pw = u.password().is_some_and(|p| p != REDACTED);
+    let user = u.password().is_none() && !u.username().is_empty() && u.username() != REDACTED;
+    let query = u
+        .query_pairs()
+        .any(|(k, v)| is_credential_name(&k) && !v.is_empty() && v != REDACTED);
+    pw || user || query
+}
+
+fn redact_parsed(mut u: url::Url) -> String {
+    if u.password().is_some() {
+        let _ = u.set_password(Some(REDACTED));
+    } else if !u.username().is_empty() {
+        let _ = u.set_username(REDACTED);
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_credential_name(&k) && !v.is_empty() {
+                    REDACTED.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 /// A resource as stored: its settings plus when it was created.
@@ -314,6 +539,91 @@ mod tests {
     }
 
     #[test]
+    fn issue_17_overflowing_ulids_are_rejected_not_wrapped() {
+        let max = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ";
+        assert_eq!(parse_ulid(max), Some(Ulid(u128::MAX)));
+        assert_eq!(parse_ulid("00000000000000000000000000"), Some(Ulid(0)));
+        assert_eq!(parse_ulid(&max.to_ascii_lowercase()), Some(Ulid(u128::MAX)));
+        for bad in [
+            "80000000000000000000000000",
+            "8ZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "ZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+            "zzzzzzzzzzzzzzzzzzzzzzzzzz",
+            "90000000000000000000000001",
+        ] {
+            assert_eq!(parse_ulid(bad), None, "{bad}");
+            assert!(is_overflowing_ulid(bad), "{bad}");
+            let e = Point::parse(bad).unwrap_err();
+            assert!(e.overflow, "{bad}");
+            let msg = e.to_string();
+            assert!(msg.contains(bad) && msg.contains("not a point"), "{msg}");
+        }
+        // Not ULID-shaped at all: the ordinary error, not "overflow".
+        assert!(!is_overflowing_ulid("7ZZZZZZZZZZZZZZZZZZZZZZZZ"));
+        assert!(!is_overflowing_ulid("8ZZZZZZZZZZZZZZZZZZZZZZZZU"));
+        assert_eq!(parse_ulid("8ZZZZZZZZZZZZZZZZZZZZZZZZU"), None);
+        // 27 digits are still a far-future time, i.e. "now".
+        assert_eq!(
+            Point::parse("800000000000000000000000000"),
+            Ok(Point::Time(MAX_ULID_MS))
+        );
+    }
+
+    #[test]
+    fn issue_17_credentials_in_urls_are_redacted() {
+        for (url, shown) in [
+            (
+                "https://user:pw@api.example.com/x?api_key=SECRET&cur=EUR",
+                "https://user:***@api.example.com/x?api_key=***&cur=EUR",
+            ),
+            (
+                "http://ghp_tok@h/x?a=1&Token=t&X-Sd-Token=s&ACCESS_TOKEN=a",
+                "http://***@h/x?a=1&Token=***&X-Sd-Token=***&ACCESS_TOKEN=***",
+            ),
+            (
+                "http://h/x?%61pi_key=S&refresh-token=R&x_amz_signature=Z&sig=1&k=2#frag",
+                "http://h/x?%61pi_key=***&refresh-token=***&x_amz_signature=***&sig=***&k=2#frag",
+            ),
+            (
+                "HTTP://u:p@h:8080?secret=s",
+                "HTTP://u:***@h:8080?secret=***",
+            ),
+            ("http://h/p@q?x=1", "http://h/p@q?x=1"),
+            ("http://h/x?key&key=", "http://h/x?key&key="),
+            ("http://@h/", "http://@h/"),
+            (
+                "https://api.example.com/ticker?cur=EUR",
+                "https://api.example.com/ticker?cur=EUR",
+            ),
+            ("not a url", "not a url"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        // Spellings only the parser reads as userinfo are redacted too.
+        let odd = redact_url("http:\\\\u:pw@h/");
+        assert!(!odd.contains("pw"), "{odd}");
+    }
+
+    #[test]
+    fn ad_hoc_ids_are_stable_and_recognised() {
+        let url = "https://API.example.com:443/ticker?cur=EUR";
+        let base = ad_hoc_base(url);
+        assert_eq!(base, ad_hoc_base("https://api.example.com/ticker?cur=EUR"));
+        // Fixed forever: ids of stored ad-hoc resources depend on it.
+        assert_eq!(
+            ad_hoc_base("https://api.example.com/x"),
+            format!("sd-{:016x}", fnv1a(b"https://api.example.com/x"))
+        );
+        assert!(ResourceId::new(&base).is_ok());
+        let id = |s: &str| ResourceId::new(s).unwrap();
+        assert!(is_ad_hoc_id(&id(&base), url));
+        assert!(is_ad_hoc_id(&id(&format!("{base}-2")), url));
+        assert!(!is_ad_hoc_id(&id(&format!("{base}-17")), url));
+        assert!(!is_ad_hoc_id(&id(&base), "https://other.example.com/"));
+        assert!(!is_ad_hoc_id(&id("btc-eur"), url));
+    }
+
+    #[test]
     fn time_bound_includes_whole_millisecond() {
         let p = Point::Time(1000);
         assert!(Ulid::from_parts(1000, RANDOM_MASK) <= p.upper_bound());
@@ -333,6 +643,27 @@ mod tests {
         #[test]
         fn point_parse_never_panics(s in ".{0,80}") {
             let _ = Point::parse(&s);
+        }
+
+        #[test]
+        fn redacted_urls_never_show_the_password_or_credential_values(
+            user in "[a-z]{0,5}",
+            pw in "[A-Za-z0-9%]{1,8}",
+            name in "(api_key|token|sig|x-sd-token|cur|id)",
+            value in "[A-Za-z0-9]{1,8}",
+        ) {
+            let url = format!("https://{user}:Q{pw}@h.example/p?{name}=V{value}&n=1");
+            let shown = redact_url(&url);
+            let needle = format!("Q{pw}");
+            prop_assert!(!shown.contains(&needle), "{}", shown);
+            let v = format!("V{value}");
+            prop_assert_eq!(shown.contains(&v), !is_credential_name(&name), "{}", shown);
+        }
+
+        #[test]
+        fn parse_ulid_is_the_inverse_of_display(r in any::<u128>()) {
+            let u = Ulid(r);
+            prop_assert_eq!(parse_ulid(&u.to_string()), Some(u));
         }
 
         #[test]

@@ -16,7 +16,9 @@ use crate::config::ProxyConfig;
 use crate::hub::Hub;
 use crate::log::{Compaction, Created, LogStatus, Store, StoreError};
 use crate::metrics::Metrics;
-use crate::model::{now_ms, EventId, ResourceId, ResourceRecord, ResourceSpec};
+use crate::model::{
+    ad_hoc_base, normalize_url, now_ms, EventId, ResourceId, ResourceRecord, ResourceSpec,
+};
 use crate::poll::fetch::Fetcher;
 use crate::poll::poller::{PollStatus, Poller};
 
@@ -239,6 +241,7 @@ impl Registry {
 
     pub fn info(&self, id: &ResourceId) -> Option<ResourceInfo> {
         let record = self.store.resource(id)?;
+        let ad_hoc = record.spec.ad_hoc;
         let log = self.store.status(id).ok()?;
         let poll = lock(&self.pollers)
             .get(id)
@@ -249,7 +252,7 @@ impl Registry {
             log,
             poll,
             subscribers: self.hub.subscribers(id),
-            ad_hoc: lock(&self.proxy).active.contains_key(id),
+            ad_hoc,
         })
     }
 
@@ -325,12 +328,14 @@ impl Registry {
 
     /// Sets up proxy mode and adopts the ad-hoc resources a previous run
     /// left in the store (they are reaped like new ones, even with proxy
-    /// mode now off). Call before `start_all`.
+    /// mode now off). Which resources are ad hoc is stored with each one
+    /// (`ResourceSpec::ad_hoc`), never read from its id. Call before
+    /// `start_all`.
     pub fn configure_proxy(&self, config: ProxyConfig, fetcher: Fetcher) {
         let now = tokio::time::Instant::now();
         let mut p = lock(&self.proxy);
         for r in self.store.resources() {
-            if is_ad_hoc_id(&r.spec.id, &r.spec.url) {
+            if r.spec.ad_hoc {
                 p.active.insert(r.spec.id.clone(), now);
             }
         }
@@ -402,8 +407,8 @@ impl Registry {
             interval: config.interval,
             headers: headers.clone(),
             snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
-            // Ad-hoc history lives as long as the resource, at most a day.
-            retain: Some(Duration::from_secs(24 * 3600)),
+            retain: Some(ResourceSpec::AD_HOC_RETAIN),
+            ad_hoc: true,
         };
         let created = self.store.create(spec, now_ms()).await?;
         // Registered (and its idle clock started) only now: a slow create
@@ -473,57 +478,5 @@ impl Registry {
                 }
             }
         }
-    }
-}
-
-/// 64-bit FNV-1a: a stable (across runs and Rust versions) short hash for
-/// ad-hoc resource ids. Not a secret: only the URL goes in, never headers.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-fn ad_hoc_base(url: &str) -> String {
-    format!("sd-{:016x}", fnv1a(normalize_url(url).as_bytes()))
-}
-
-/// An id the proxy made for this URL (`sd-<hash>` or `sd-<hash>-<n>`).
-fn is_ad_hoc_id(id: &ResourceId, url: &str) -> bool {
-    let base = ad_hoc_base(url);
-    match id.as_str().strip_prefix(base.as_str()) {
-        Some("") => true,
-        Some(rest) => rest
-            .strip_prefix('-')
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| (2..=16).contains(&n)),
-        None => false,
-    }
-}
-
-/// URLs compare after parsing (scheme/host case, default port, empty path).
-fn normalize_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) => u.to_string(),
-        Err(_) => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ad_hoc_ids_are_stable_and_recognised() {
-        let url = "https://API.example.com:443/ticker?cur=EUR";
-        let base = ad_hoc_base(url);
-        assert_eq!(base, ad_hoc_base("https://api.example.com/ticker?cur=EUR"));
-        assert!(ResourceId::new(&base).is_ok());
-        let id = |s: &str| ResourceId::new(s).unwrap();
-        assert!(is_ad_hoc_id(&id(&base), url));
-        assert!(is_ad_hoc_id(&id(&format!("{base}-2")), url));
-        assert!(!is_ad_hoc_id(&id(&format!("{base}-17")), url));
-        assert!(!is_ad_hoc_id(&id(&base), "https://other.example.com/"));
-        assert!(!is_ad_hoc_id(&id("btc-eur"), url));
     }
 }

@@ -55,6 +55,7 @@ fn spec(r: usize) -> ResourceSpec {
         headers: Default::default(),
         snapshot_every: 5,
         retain: None,
+        ad_hoc: false,
     }
 }
 

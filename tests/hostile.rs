@@ -1672,6 +1672,7 @@ async fn the_guard_has_no_back_doors_through_config_or_the_demo() {
                 headers: Default::default(),
                 snapshot_every: 10,
                 retain: None,
+                ad_hoc: false,
             })
         },
         true,

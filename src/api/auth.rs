@@ -55,6 +55,18 @@ fn ct_eq(a: &str, b: &str) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Query parameters that carry patchfeed's own credential. Their names are
+/// compared case-insensitively after percent-decoding, here and wherever
+/// they must be removed (the streamdata route's upstream URL).
+pub const CREDENTIAL_PARAMS: &[&str] = &["access_token", "x-sd-token"];
+
+/// Whether a decoded query parameter name is one of [`CREDENTIAL_PARAMS`].
+pub fn is_credential_param(name: &str) -> bool {
+    CREDENTIAL_PARAMS
+        .iter()
+        .any(|p| name.eq_ignore_ascii_case(p))
+}
+
 /// The credential a request presents, if any.
 pub fn presented(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
@@ -66,7 +78,7 @@ pub fn presented(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     }
     let query = uri.query()?;
     form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "access_token" || k.eq_ignore_ascii_case("x-sd-token"))
+        .find(|(k, _)| is_credential_param(k))
         .map(|(_, v)| v.into_owned())
 }
 
@@ -134,6 +146,24 @@ mod tests {
         ] {
             assert!(!protected(p), "{p}");
         }
+    }
+
+    #[test]
+    fn credential_params_any_case_and_encoding() {
+        let uri = |q: &str| format!("/v1/resources?{q}").parse::<Uri>().unwrap();
+        let none = HeaderMap::new();
+        for q in [
+            "access_token=t",
+            "ACCESS_TOKEN=t",
+            "Access_Token=t",
+            "access%5Ftoken=t",
+            "X-Sd-Token=t",
+            "x-sd-token=t",
+            "X%2DSd%2DToken=t",
+        ] {
+            assert_eq!(presented(&none, &uri(q)).as_deref(), Some("t"), "{q}");
+        }
+        assert_eq!(presented(&none, &uri("token=t")), None);
     }
 
     #[test]

@@ -10,12 +10,11 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use ulid::Ulid;
 
 use super::documents::point;
 use super::{known, ApiError, AppState};
 use crate::feed::{Feed, Resume};
-use crate::model::ResourceId;
+use crate::model::{is_overflowing_ulid, parse_ulid, ResourceId};
 use crate::transport::sse::{self, Flavor};
 
 /// The reconnection delay SSE clients are told (`retry:`).
@@ -28,9 +27,14 @@ pub fn router() -> Router<AppState> {
 /// The resume point of a request, or a 400 naming the bad value.
 pub(crate) fn resume(headers: &HeaderMap, q: &HashMap<String, String>) -> Result<Resume, ApiError> {
     let id = |name: &str, raw: &str| {
-        Ulid::from_string(raw.trim()).map_err(|_| {
+        parse_ulid(raw.trim()).ok_or_else(|| {
+            let why = if is_overflowing_ulid(raw.trim()) {
+                "a 26-character ULID must start with 0-7 (larger values do not fit in 128 bits)"
+            } else {
+                "expected an event id (a 26-character ULID)"
+            };
             ApiError::BadRequest(format!(
-                "invalid {name} {:?}: expected an event id (a 26-character ULID)",
+                "invalid {name} {:?}: {why}",
                 raw.chars().take(80).collect::<String>()
             ))
         })

@@ -72,8 +72,10 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         // plain text of their own.
         .layer(middleware::map_response(json_errors))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            // The path only: query strings may carry access tokens.
-            tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+            // The path only: query strings may carry access tokens; and an
+            // upstream URL in a streamdata path is shown redacted.
+            let path = streamdata::path_for_log(req.uri().path());
+            tracing::info_span!("http", method = %req.method(), path = %path)
         }))
 }
 

@@ -1,5 +1,6 @@
 //! `/v1/resources`: create, list, get, delete. Request and response bodies
-//! are wire types defined here; upstream headers are never shown back.
+//! are wire types defined here; upstream header values are never shown
+//! back, nor credentials in the URL (`model::redact_url`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::{known, resource_id, ApiError, AppState};
 use crate::log::Created;
-use crate::model::{format_rfc3339_ms, ResourceId, ResourceSpec};
+use crate::model::{format_rfc3339_ms, redact_url, ResourceId, ResourceSpec};
 use crate::registry::ResourceInfo;
 
 pub fn router() -> Router<AppState> {
@@ -128,6 +129,7 @@ fn validate(state: &AppState, new: NewResource) -> Result<ResourceSpec, ApiError
         headers,
         snapshot_every,
         retain,
+        ad_hoc: false,
     })
 }
 
@@ -176,7 +178,8 @@ fn view(info: &ResourceInfo) -> Value {
     });
     json!({
         "id": spec.id.as_str(),
-        "url": spec.url,
+        // Credentials in the URL are for polling, not for showing.
+        "url": redact_url(&spec.url),
         "interval_ms": u64::try_from(spec.interval.as_millis()).unwrap_or(u64::MAX),
         "created": format_rfc3339_ms(info.record.created_ms),
         "last_event_id": info.log.last_event_id.map(|e| e.to_string()),

@@ -3,8 +3,10 @@
 //! `GET /{upstream-url}` when it starts with `http:` or `https:`).
 //!
 //! The upstream URL is the rest of the path verbatim plus the query minus
-//! every `X-Sd-Token` / `X-Sd-Header` parameter (others keep their order and
-//! encoding). The stream is the main one with streamdata's event names and
+//! every `X-Sd-Header` parameter and every credential parameter
+//! (`X-Sd-Token`, `access_token`: any case, percent-encoded or not), so a
+//! token never reaches the upstream, the store or a view; others keep their
+//! order and encoding. The stream is the main one with streamdata's event names and
 //! ASCII-only JSON (`Flavor::Streamdata`); only the `Last-Event-ID` header
 //! resumes, since the query belongs to the upstream. CORS is open: browser
 //! apps were the SDK's main users. Unknown URLs get an ad-hoc resource in
@@ -22,6 +24,7 @@ use percent_encoding::percent_decode_str;
 
 use super::events::{resume, sse_response};
 use super::{auth, ApiError, AppState};
+use crate::model::redact_url;
 use crate::registry::ProxyError;
 use crate::transport::sse::Flavor;
 
@@ -98,7 +101,8 @@ async fn stream(state: &AppState, req: &Parts) -> Result<Response, ApiError> {
             .await
             .map_err(|e| match e {
                 ProxyError::Disabled => ApiError::ResourceNotFound(format!(
-                    "{url} (no resource polls this URL with these headers, and proxy mode is off)"
+                    "{} (no resource polls this URL with these headers, and proxy mode is off)",
+                    redact_url(&url)
                 )),
                 ProxyError::Refused(e) => ApiError::UpstreamRefused(e.to_string()),
                 ProxyError::Full(_) => ApiError::ProxyFull(e.to_string()),
@@ -112,24 +116,15 @@ async fn stream(state: &AppState, req: &Parts) -> Result<Response, ApiError> {
 
 /// The upstream URL and headers a request names.
 pub(crate) fn upstream(uri: &Uri) -> Result<(String, BTreeMap<String, String>), ApiError> {
-    let path = uri.path();
-    let rest = match path.strip_prefix(PREFIX) {
-        Some(r) if path.len() > PREFIX.len() => r,
-        _ => path.trim_start_matches('/'),
-    };
-    // An encoded URL (https%3A%2F%2F...) is decoded once.
-    let mut base = if rest.len() > 8 && rest[..8].to_ascii_lowercase().contains("%3a") {
-        percent_decode_str(rest)
-            .decode_utf8()
-            .map_err(|_| ApiError::BadRequest("the upstream URL is not valid UTF-8".into()))?
-            .into_owned()
-    } else {
-        rest.to_owned()
-    };
+    let mut base = decoded_rest(uri.path())
+        .ok_or_else(|| ApiError::BadRequest("the upstream URL is not valid UTF-8".into()))?;
     // Some proxies merge `//` in paths: put the authority's slashes back.
     for scheme in ["https:", "http:"] {
+        // `get`: the path may be any UTF-8, and byte 5 or 6 inside a char.
         if base.len() > scheme.len()
-            && base[..scheme.len()].eq_ignore_ascii_case(scheme)
+            && base
+                .get(..scheme.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(scheme))
             && !base[scheme.len()..].starts_with("//")
         {
             let tail = base[scheme.len()..].trim_start_matches('/').to_owned();
@@ -138,18 +133,25 @@ pub(crate) fn upstream(uri: &Uri) -> Result<(String, BTreeMap<String, String>), 
         }
     }
 
+    // A URL encoded whole (`https%3A%2F%2Fh%2Fx%3Fa%3D1`) brings its query
+    // in the path: its parameters are filtered like the request's.
+    let (base, base_query) = match base.split_once('?') {
+        Some((b, q)) => (b.to_owned(), Some(q.to_owned())),
+        None => (base, None),
+    };
     let mut kept: Vec<&str> = Vec::new();
     let mut headers = BTreeMap::new();
-    for part in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
+    for part in base_query
+        .as_deref()
+        .into_iter()
+        .chain(uri.query())
+        .flat_map(|q| q.split('&'))
         .filter(|p| !p.is_empty())
     {
         let (k, v) = form_urlencoded::parse(part.as_bytes())
             .next()
             .unwrap_or_default();
-        if k.eq_ignore_ascii_case("x-sd-token") {
+        if auth::is_credential_param(&k) {
             continue;
         }
         if k.eq_ignore_ascii_case("x-sd-header") {
@@ -172,12 +174,51 @@ pub(crate) fn upstream(uri: &Uri) -> Result<(String, BTreeMap<String, String>), 
     match url::Url::parse(&url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok((url, headers)),
         Ok(u) => Err(ApiError::BadRequest(format!(
-            "invalid upstream URL {url:?}: scheme {:?} is not http or https",
+            "invalid upstream URL {:?}: scheme {:?} is not http or https",
+            redact_url(&url),
             u.scheme()
         ))),
         Err(e) => Err(ApiError::BadRequest(format!(
-            "invalid upstream URL {url:?}: {e}"
+            "invalid upstream URL {:?}: {e}",
+            redact_url(&url)
         ))),
+    }
+}
+
+/// The upstream URL part of a route path (after the prefix, or the root
+/// alias's `/`); an encoded URL (`https%3A%2F%2F...`) is decoded once.
+/// `None` if that decoding is not UTF-8.
+fn decoded_rest(path: &str) -> Option<String> {
+    let rest = match path.strip_prefix(PREFIX) {
+        Some(r) if path.len() > PREFIX.len() => r,
+        _ => path.trim_start_matches('/'),
+    };
+    let head = rest.as_bytes().get(..8).unwrap_or_default();
+    if rest.len() > 8 && head.windows(3).any(|w| w.eq_ignore_ascii_case(b"%3a")) {
+        percent_decode_str(rest)
+            .decode_utf8()
+            .ok()
+            .map(|d| d.into_owned())
+    } else {
+        Some(rest.to_owned())
+    }
+}
+
+/// A request path as request spans log it: an upstream URL on this route
+/// (prefix or root alias) is shown decoded and redacted
+/// (`model::redact_url`), since its userinfo or an encoded query may hold
+/// credentials; any other path is logged as is.
+pub(crate) fn path_for_log(path: &str) -> String {
+    let prefix = if path.len() > PREFIX.len() && path.starts_with(PREFIX) {
+        PREFIX
+    } else if is_root_alias(path) {
+        "/"
+    } else {
+        return path.to_owned();
+    };
+    match decoded_rest(path) {
+        Some(url) => format!("{prefix}{}", redact_url(&url)),
+        None => format!("{prefix}(an upstream URL that is not UTF-8)"),
     }
 }
 
@@ -220,6 +261,57 @@ mod tests {
         assert_eq!(url, "http://h:8080/a/b?z=1&a=%20x&m=2");
         assert_eq!(headers["Authorization"], "Bearer abc");
         assert_eq!(headers["X-Api-Key"], "k");
+    }
+
+    #[test]
+    fn issue_17_credential_parameters_never_reach_the_upstream_url() {
+        for s in [
+            "/streamdata/http://h/x?a=1&access_token=T&b=2",
+            "/streamdata/http://h/x?a=1&ACCESS_TOKEN=T&b=2",
+            "/streamdata/http://h/x?access%5Ftoken=T&a=1&b=2",
+            "/streamdata/http://h/x?a=1&b=2&X%2DSd%2DToken=T",
+            "/streamdata/http://h/x?a=1&X-SD-TOKEN=T&b=2&x-sd-token=U",
+            "/http://h/x?a=1&b=2&access_token=T",
+            "/streamdata/http%3A%2F%2Fh%2Fx%3Fa%3D1%26access_token%3DT%26b%3D2",
+            "/http%3A%2F%2Fh%2Fx%3Faccess_token%3DT%26a%3D1?b=2&X-Sd-Token=U",
+        ] {
+            let (url, _) = up(s);
+            assert_eq!(url, "http://h/x?a=1&b=2", "{s}");
+        }
+        assert_eq!(up("/streamdata/http://h/x?access_token=T").0, "http://h/x");
+    }
+
+    #[test]
+    fn issue_17_logged_paths_hide_credentials_in_upstream_urls() {
+        for (path, logged) in [
+            (
+                "/streamdata/http://u:pw@h/x",
+                "/streamdata/http://u:***@h/x",
+            ),
+            ("/http://u:pw@h/x", "/http://u:***@h/x"),
+            (
+                "/streamdata/http%3A%2F%2Fh%2Fx%3Fapi_key%3DK%26a%3D1",
+                "/streamdata/http://h/x?api_key=***&a=1",
+            ),
+            ("/v1/resources/r/events", "/v1/resources/r/events"),
+            ("/streamdata/", "/streamdata/"),
+            (
+                "/streamdata/http%3A%2F%2F%FF%FE",
+                "/streamdata/(an upstream URL that is not UTF-8)",
+            ),
+        ] {
+            assert_eq!(path_for_log(path), logged, "{path}");
+        }
+        // Non-ASCII across the bytes the checks look at: no slicing inside
+        // a char; not a URL, a 400; `http://aéééx` (an IDN host) is one.
+        assert_eq!(path_for_log("/v1/ééééé"), "/v1/ééééé");
+        assert!(decoded_rest("/streamdata/aééééé").is_some());
+        let uri = |p: &str| Uri::builder().path_and_query(p).build().unwrap();
+        for p in ["/streamdata/aééééx", "/streamdata/aéééx"] {
+            let e = upstream(&uri(p)).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{p}");
+        }
+        assert_eq!(upstream(&uri("/http:aéééx")).unwrap().0, "http://aéééx");
     }
 
     #[test]

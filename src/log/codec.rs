@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ResourceId, ResourceRecord, ResourceSpec};
+use crate::model::{is_ad_hoc_id, ResourceId, ResourceRecord, ResourceSpec};
 
 /// Version of the whole storage format, kept under `keys::VERSION`.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -24,6 +24,23 @@ struct DiskResource {
     snapshot_every: u32,
     retain_ms: Option<u64>,
     created_ms: u64,
+    /// Created by the streamdata proxy. Absent in records written before
+    /// the flag was stored: see [`legacy_ad_hoc`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ad_hoc: Option<bool>,
+}
+
+/// Whether a record written before the ad-hoc flag existed was made by the
+/// proxy. Those versions inferred it from the id alone, which also caught
+/// resources registered under such an id; here it takes the id the proxy
+/// derives from the URL *and* the settings the proxy always gave its
+/// resources (retain one day, the default `snapshot_every`). A registered
+/// resource that differs in either is kept: keeping a resource is the safe
+/// way to be wrong.
+fn legacy_ad_hoc(spec: &ResourceSpec) -> bool {
+    is_ad_hoc_id(&spec.id, &spec.url)
+        && spec.retain == Some(ResourceSpec::AD_HOC_RETAIN)
+        && spec.snapshot_every == ResourceSpec::DEFAULT_SNAPSHOT_EVERY
 }
 
 pub(crate) fn encode_resource(rkey: u64, r: &ResourceRecord) -> Vec<u8> {
@@ -39,6 +56,7 @@ pub(crate) fn encode_resource(rkey: u64, r: &ResourceRecord) -> Vec<u8> {
             .retain
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         created_ms: r.created_ms,
+        ad_hoc: Some(r.spec.ad_hoc),
     };
     let mut out = vec![RECORD_V1];
     // Serializing a struct of strings and integers to a Vec cannot fail.
@@ -52,14 +70,16 @@ pub(crate) fn decode_resource(v: &[u8]) -> Option<(u64, ResourceRecord)> {
         return None;
     }
     let d: DiskResource = serde_json::from_slice(body).ok()?;
-    let spec = ResourceSpec {
+    let mut spec = ResourceSpec {
         id: ResourceId::new(&d.id).ok()?,
         url: d.url,
         interval: Duration::from_millis(d.interval_ms),
         headers: d.headers,
         snapshot_every: d.snapshot_every.max(1),
         retain: d.retain_ms.map(Duration::from_millis),
+        ad_hoc: false,
     };
+    spec.ad_hoc = d.ad_hoc.unwrap_or_else(|| legacy_ad_hoc(&spec));
     Some((
         d.rkey,
         ResourceRecord {
@@ -83,5 +103,85 @@ pub(crate) fn decode_json(v: &sled::IVec) -> Option<Bytes> {
     match v.first() {
         Some(&RECORD_V1) => Some(Bytes::copy_from_slice(&v[1..])),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ad_hoc_base;
+
+    fn spec(id: &str, url: &str, retain: Option<Duration>, ad_hoc: bool) -> ResourceSpec {
+        ResourceSpec {
+            id: ResourceId::new(id).expect("a valid id"),
+            url: url.to_owned(),
+            interval: Duration::from_secs(5),
+            headers: BTreeMap::new(),
+            snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
+            retain,
+            ad_hoc,
+        }
+    }
+
+    /// A record as versions before the stored flag wrote it.
+    fn legacy(s: &ResourceSpec) -> Vec<u8> {
+        let mut v = encode_resource(
+            7,
+            &ResourceRecord {
+                spec: s.clone(),
+                created_ms: 1,
+            },
+        );
+        let text = std::str::from_utf8(&v[1..]).expect("JSON text").to_owned();
+        let without = text
+            .replace(r#","ad_hoc":false"#, "")
+            .replace(r#","ad_hoc":true"#, "");
+        assert!(!without.contains("ad_hoc"), "{without}");
+        v.truncate(1);
+        v.extend_from_slice(without.as_bytes());
+        v
+    }
+
+    #[test]
+    fn issue_17_the_ad_hoc_flag_is_stored_not_inferred_from_the_id() {
+        let url = "http://127.0.0.1:9/doc";
+        let derived = ad_hoc_base(url);
+        for ad_hoc in [false, true] {
+            let s = spec(&derived, url, Some(ResourceSpec::AD_HOC_RETAIN), ad_hoc);
+            let r = ResourceRecord {
+                spec: s,
+                created_ms: 1,
+            };
+            let (rkey, back) = decode_resource(&encode_resource(7, &r)).expect("decodes");
+            assert_eq!((rkey, &back), (7, &r));
+        }
+        // Written before the flag: only the proxy's id *and* settings
+        // make a resource ad hoc; anything else is kept as registered.
+        let decode = |s: &ResourceSpec| decode_resource(&legacy(s)).expect("decodes").1.spec.ad_hoc;
+        assert!(decode(&spec(
+            &derived,
+            url,
+            Some(ResourceSpec::AD_HOC_RETAIN),
+            true
+        )));
+        assert!(decode(&spec(
+            &format!("{derived}-2"),
+            url,
+            Some(ResourceSpec::AD_HOC_RETAIN),
+            true
+        )));
+        assert!(!decode(&spec(&derived, url, None, false)));
+        assert!(!decode(&spec(
+            &derived,
+            url,
+            Some(ResourceSpec::DEFAULT_RETAIN),
+            false
+        )));
+        assert!(!decode(&spec(
+            "btc-eur",
+            url,
+            Some(ResourceSpec::AD_HOC_RETAIN),
+            false
+        )));
     }
 }

@@ -17,6 +17,7 @@ fn spec(id: &str, snapshot_every: u32, retain: Option<Duration>) -> ResourceSpec
         headers: Default::default(),
         snapshot_every,
         retain,
+        ad_hoc: false,
     }
 }
 

@@ -6,7 +6,9 @@
 //! out), the body has a size cap (checked on `Content-Length` and while
 //! reading), and must be JSON. Redirects are followed here, not by the
 //! client, so that every hop passes the upstream guard (see `guard`).
-//! Every failure is a `FetchError` with a stable `code()`.
+//! Every failure is a `FetchError` with a stable `code()`; its message
+//! shows URLs redacted (`model::redact_url`), since it reaches clients and
+//! logs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 
 use super::guard::{self, GuardedResolver, ResolveError};
+use crate::model::redact_url;
 
 #[derive(Clone, Debug)]
 pub struct FetchConfig {
@@ -158,8 +161,8 @@ impl Fetcher {
     }
 
     fn parse_checked(&self, url: &str) -> Result<Url, FetchError> {
-        let parsed =
-            Url::parse(url).map_err(|e| FetchError::InvalidUrl(format!("{url:?}: {e}")))?;
+        let parsed = Url::parse(url)
+            .map_err(|e| FetchError::InvalidUrl(format!("{:?}: {e}", redact_url(url))))?;
         self.check(&parsed)?;
         Ok(parsed)
     }
@@ -172,7 +175,10 @@ impl Fetcher {
             )));
         }
         let Some(host) = url.host() else {
-            return Err(FetchError::InvalidUrl(format!("{url} has no host")));
+            return Err(FetchError::InvalidUrl(format!(
+                "{} has no host",
+                redact_url(url.as_str())
+            )));
         };
         if let Some(allowed) = &self.config.allowed_hosts {
             let name = match host {
@@ -266,7 +272,8 @@ impl Fetcher {
             if hops > self.config.max_redirects {
                 return Err(FetchError::Redirect(format!(
                     "more than {} redirects (last to {})",
-                    self.config.max_redirects, target
+                    self.config.max_redirects,
+                    redact_url(target.as_str())
                 )));
             }
             let Some(location) = response
@@ -278,12 +285,13 @@ impl Fetcher {
                     status: response.status(),
                 });
             };
-            let next = target
-                .join(location)
-                .map_err(|e| FetchError::Redirect(format!("bad Location {location:?}: {e}")))?;
+            let next = target.join(location).map_err(|e| {
+                FetchError::Redirect(format!("bad Location {:?}: {e}", redact_url(location)))
+            })?;
             // Each hop passes the guard again (the resolver sees its name).
-            self.check(&next)
-                .map_err(|e| FetchError::Redirect(format!("to {next}: {e}")))?;
+            self.check(&next).map_err(|e| {
+                FetchError::Redirect(format!("to {}: {e}", redact_url(next.as_str())))
+            })?;
             // Credentials configured for the first host stay with it.
             if next.host_str() != target.host_str()
                 || next.port_or_known_default() != target.port_or_known_default()
@@ -345,6 +353,8 @@ impl Fetcher {
     }
 
     fn classify(&self, e: reqwest::Error) -> FetchError {
+        // The client's errors print the URL, credentials included.
+        let e = e.without_url();
         // Our resolver's verdicts travel inside the client's error chain.
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = source {

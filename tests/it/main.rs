@@ -6,6 +6,7 @@
 mod binary;
 mod crash_server;
 mod documents;
+mod edges;
 mod faults;
 mod openapi;
 mod stream;

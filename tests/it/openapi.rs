@@ -145,6 +145,7 @@ impl InProcess {
                 headers: Default::default(),
                 snapshot_every: 3,
                 retain: None,
+                ad_hoc: false,
             }],
             ..Config::default()
         };

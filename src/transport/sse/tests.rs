@@ -127,6 +127,7 @@ fn run_case(
                     headers: Default::default(),
                     snapshot_every: 3,
                     retain: None,
+                    ad_hoc: false,
                 },
                 0,
             )
@@ -293,6 +294,7 @@ async fn since_counts_events_in_its_millisecond_appended_after_the_stream_opened
                 headers: Default::default(),
                 snapshot_every: 3,
                 retain: None,
+                ad_hoc: false,
             },
             0,
         )
@@ -357,6 +359,7 @@ async fn the_current_error_comes_with_the_first_chunk() {
                 headers: Default::default(),
                 snapshot_every: 3,
                 retain: None,
+                ad_hoc: false,
             },
             0,
         )
