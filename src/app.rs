@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState, Auth, HttpLimits};
 use crate::config::Config;
 use crate::hub::Hub;
-use crate::log::Store;
+use crate::log::{Store, StoreError};
 use crate::metrics::Metrics;
 use crate::poll::fetch::{FetchConfig, Fetcher};
 use crate::registry::Registry;
@@ -141,10 +141,17 @@ pub async fn start(
     );
 
     for spec in &config.resources {
-        registry
-            .put(spec.clone())
-            .await
-            .with_context(|| format!("registering resource {}", spec.id))?;
+        match registry.put(spec.clone()).await {
+            // Kept as it is on disk, reported by /healthz; the rest serve.
+            Err(StoreError::Quarantined { id, quarantine }) => tracing::error!(
+                resource = %id,
+                reason = %quarantine.reason,
+                "configured resource is quarantined; not polling it"
+            ),
+            r => {
+                r.with_context(|| format!("registering resource {}", spec.id))?;
+            }
+        }
     }
     if demo {
         let stop = shutdown.clone();

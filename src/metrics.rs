@@ -34,6 +34,8 @@ pub struct Sampled {
     pub proxy_resources: usize,
     /// Group-commit flushes of the log so far.
     pub log_flushes: u64,
+    /// Resources (and unattributable records) quarantined at start-up.
+    pub resources_quarantined: usize,
 }
 
 impl Metrics {
@@ -147,6 +149,11 @@ impl Metrics {
             "patchfeed_resources_failing",
             "Resources whose upstream is failing.",
             n(s.resources_failing),
+        );
+        gauge(
+            "patchfeed_resources_quarantined",
+            "Resources whose stored data could not be read at start-up.",
+            n(s.resources_quarantined),
         );
         gauge(
             "patchfeed_subscribers",

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ProxyConfig;
 use crate::hub::Hub;
-use crate::log::{Compaction, Created, LogStatus, Store, StoreError};
+use crate::log::{Compaction, Created, LogStatus, Quarantine, Store, StoreError};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, EventId, ResourceId, ResourceRecord, ResourceSpec};
 use crate::poll::fetch::Fetcher;
@@ -29,6 +29,8 @@ pub struct ResourceInfo {
     pub subscribers: usize,
     /// Created by the proxy for an unknown streamdata URL.
     pub ad_hoc: bool,
+    /// Set when its stored data could not be read at start-up.
+    pub quarantine: Option<Quarantine>,
 }
 
 /// Why the proxy would not create a resource for a URL.
@@ -123,9 +125,14 @@ impl Registry {
         lock(&self.trusted).insert(id.clone());
     }
 
-    /// Starts a poller for every stored resource that has none.
+    /// Starts a poller for every stored resource that has none, except
+    /// quarantined ones: nothing may be appended to a log that cannot be
+    /// read.
     pub fn start_all(&self) {
         for r in self.store.resources() {
+            if self.store.quarantine(&r.spec.id).is_some() {
+                continue;
+            }
             if !lock(&self.pollers).contains_key(&r.spec.id) {
                 self.start(r.spec);
             }
@@ -250,6 +257,7 @@ impl Registry {
             poll,
             subscribers: self.hub.subscribers(id),
             ad_hoc: lock(&self.proxy).active.contains_key(id),
+            quarantine: self.store.quarantine(id),
         })
     }
 
@@ -297,7 +305,8 @@ impl Registry {
                         .compacted_events
                         .fetch_add(removed_events, Relaxed);
                 }
-                Ok(Compaction::Nothing) | Err(StoreError::NoSuchResource(_)) => {}
+                Ok(Compaction::Nothing)
+                | Err(StoreError::NoSuchResource(_) | StoreError::Quarantined { .. }) => {}
                 Err(e) => tracing::error!(resource = %r.spec.id, error = %e, "compaction failed"),
             }
         }
@@ -323,7 +332,9 @@ impl Registry {
         let now = tokio::time::Instant::now();
         let mut p = lock(&self.proxy);
         for r in self.store.resources() {
-            if is_ad_hoc_id(&r.spec.id, &r.spec.url) {
+            // A quarantined one is kept for its operator, not reaped.
+            if is_ad_hoc_id(&r.spec.id, &r.spec.url) && self.store.quarantine(&r.spec.id).is_none()
+            {
                 p.active.insert(r.spec.id.clone(), now);
             }
         }

@@ -1,10 +1,11 @@
 //! Operations endpoints: `/healthz` (always open) and `/metrics`.
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde_json::{json, Value};
 
 use super::AppState;
 use crate::metrics::Sampled;
@@ -15,8 +16,28 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(serde_json::json!({ "status": "ok" }))
+/// 200 `{"status":"ok"}`, or 503 `{"status":"degraded", ...}` naming the
+/// `quarantined` resources, whose stored data could not be read at start-up.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let store = state.registry.store();
+    let (named, unattributed) = store.quarantined();
+    if named.is_empty() && unattributed.is_empty() {
+        return Json(json!({ "status": "ok" })).into_response();
+    }
+    let mut quarantined: Vec<Value> = named
+        .iter()
+        .map(|(id, q)| json!({ "id": id.as_str(), "key": q.key, "reason": q.reason }))
+        .collect();
+    quarantined.extend(
+        unattributed
+            .iter()
+            .map(|u| json!({ "id": null, "key": u.key, "reason": u.reason })),
+    );
+    let body = json!({
+        "status": "degraded",
+        "quarantined": quarantined,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -26,6 +47,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         resources_failing: state.registry.failing(),
         proxy_resources: state.registry.ad_hoc_count(),
         log_flushes: state.registry.store().flushes(),
+        resources_quarantined: {
+            let (named, unattributed) = state.registry.store().quarantined();
+            named.len() + unattributed.len()
+        },
     };
     (
         [(

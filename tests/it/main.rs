@@ -7,5 +7,6 @@ mod binary;
 mod crash_server;
 mod documents;
 mod faults;
+mod store_integrity;
 mod stream;
 mod support;
