@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::metrics::Sampled;
+use crate::model::format_rfc3339_ms;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -16,12 +17,14 @@ pub fn router() -> Router<AppState> {
         .route("/metrics", get(metrics))
 }
 
-/// 200 `{"status":"ok"}`, or 503 `{"status":"degraded", ...}` naming the
-/// `quarantined` resources, whose stored data could not be read at start-up.
+/// 200 `{"status":"ok"}`, or 503 `{"status":"degraded", ...}` naming what
+/// is wrong: `storage` while writes to the data dir are failing, and
+/// `quarantined` resources whose stored data could not be read at start-up.
 async fn healthz(State(state): State<AppState>) -> Response {
     let store = state.registry.store();
+    let storage = store.health().failing();
     let (named, unattributed) = store.quarantined();
-    if named.is_empty() && unattributed.is_empty() {
+    if storage.is_none() && named.is_empty() && unattributed.is_empty() {
         return Json(json!({ "status": "ok" })).into_response();
     }
     let mut quarantined: Vec<Value> = named
@@ -35,6 +38,10 @@ async fn healthz(State(state): State<AppState>) -> Response {
     );
     let body = json!({
         "status": "degraded",
+        "storage": storage.map(|(error, since)| json!({
+            "error": error,
+            "since": format_rfc3339_ms(since),
+        })),
         "quarantined": quarantined,
     });
     (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
@@ -47,6 +54,8 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         resources_failing: state.registry.failing(),
         proxy_resources: state.registry.ad_hoc_count(),
         log_flushes: state.registry.store().flushes(),
+        storage_failing: state.registry.store().health().failing().is_some(),
+        storage_errors: state.registry.store().health().errors(),
         resources_quarantined: {
             let (named, unattributed) = state.registry.store().quarantined();
             named.len() + unattributed.len()

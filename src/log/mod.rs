@@ -31,6 +31,7 @@ mod keys;
 #[cfg(test)]
 mod tests;
 
+pub use commit::StorageHealth;
 pub use depth::{check_depth, TooDeep, MAX_DOC_DEPTH};
 
 use std::collections::HashMap;
@@ -194,6 +195,8 @@ struct Inner {
     /// Serialises create/update/delete of resource records.
     admin: Mutex<()>,
     commit: commit::GroupCommit,
+    /// Whether writes are failing now; shared with the flush thread.
+    health: Arc<StorageHealth>,
     /// Resource records whose key names no valid resource id: kept on disk,
     /// reported by health, served by nothing.
     unattributed: Vec<Unattributed>,
@@ -388,13 +391,15 @@ impl Store {
             };
             resources.insert(entry.id(), Arc::new(entry));
         }
-        let commit = commit::GroupCommit::start(db.clone())?;
+        let health = Arc::new(StorageHealth::default());
+        let commit = commit::GroupCommit::start(db.clone(), health.clone())?;
         let store = Store {
             inner: Arc::new(Inner {
                 tree: db,
                 resources: RwLock::new(resources),
                 admin: Mutex::new(()),
                 commit,
+                health,
                 unattributed,
             }),
         };
@@ -408,6 +413,28 @@ impl Store {
     /// Group-commit flushes (fsyncs) so far; appends share them.
     pub fn flushes(&self) -> u64 {
         self.inner.commit.flushes()
+    }
+
+    /// Whether writes are failing now, and how many have failed.
+    pub fn health(&self) -> &StorageHealth {
+        &self.inner.health
+    }
+
+    /// Tries one real write and flush (the format version key, rewritten
+    /// with its own value), so that a store whose writes failed can show
+    /// it writes again: a bare flush with nothing new to write succeeds
+    /// even on a failed sled. Clears [`StorageHealth::failing`] on success.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let tree = self.inner.tree.clone();
+        let health = self.inner.health.clone();
+        tokio::task::spawn_blocking(move || {
+            tree.insert(keys::VERSION, &codec::FORMAT_VERSION.to_be_bytes())
+                .map_err(|e| health.failed(e))?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|e| StoreError::Flush(format!("probe task failed: {e}")))??;
+        self.flush().await
     }
 
     /// The quarantined resources (by id, ordered), and resource records
@@ -702,10 +729,19 @@ impl Store {
             let _guard = guard;
             // The snapshot first: the event is what makes the version
             // exist, and a snapshot without its event is ignored.
+            let health = &store.inner.health;
             if let Some(v) = snapshot_value {
-                store.inner.tree.insert(&skey[..], v)?;
+                store
+                    .inner
+                    .tree
+                    .insert(&skey[..], v)
+                    .map_err(|e| health.failed(e))?;
             }
-            store.inner.tree.insert(&ekey[..], event_value)?;
+            store
+                .inner
+                .tree
+                .insert(&ekey[..], event_value)
+                .map_err(|e| health.failed(e))?;
             if let Err(e) = store.inner.commit.durable().await {
                 // Not durable, never published: take it back so the log stays
                 // a chain of what readers saw. Best effort: the disk is failing.
