@@ -26,7 +26,7 @@ use crate::api::{self, AppState, Auth, HttpLimits};
 use crate::config::Config;
 use crate::feed::{self, FeedConfig};
 use crate::hub::Hub;
-use crate::log::Store;
+use crate::log::{Store, StoreError};
 use crate::metrics::Metrics;
 use crate::poll::fetch::{FetchConfig, Fetcher};
 use crate::registry::Registry;
@@ -35,6 +35,23 @@ use crate::registry::Registry;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Connections being turned away at once; more are dropped unanswered.
 const MAX_REFUSING: usize = 256;
+
+/// Exit status when writes to the data dir failed and did not recover in
+/// process (`EX_TEMPFAIL`): a supervisor should restart the server, which
+/// reopens the data dir and loses nothing that was durable.
+pub const EXIT_STORAGE_FAILED: u8 = 75;
+/// How long writes may keep failing before the server gives up and exits
+/// with [`EXIT_STORAGE_FAILED`]. Meanwhile `/healthz` answers 503.
+pub const STORAGE_GIVE_UP: Duration = Duration::from_secs(5);
+/// How often the watchdog probes a failing store.
+const STORAGE_PROBE_EVERY: Duration = Duration::from_millis(250);
+
+/// The server stopped because its storage kept failing.
+#[derive(Debug, thiserror::Error)]
+#[error("writes to the data dir kept failing for {}s ({error}); exiting for a restart, which reopens it", STORAGE_GIVE_UP.as_secs())]
+pub struct StorageFailed {
+    pub error: String,
+}
 
 /// Runs the server until SIGINT/SIGTERM.
 pub async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
@@ -141,10 +158,17 @@ pub async fn start(
     );
 
     for spec in &config.resources {
-        registry
-            .put(spec.clone())
-            .await
-            .with_context(|| format!("registering resource {}", spec.id))?;
+        match registry.put(spec.clone()).await {
+            // Kept as it is on disk, reported by /healthz; the rest serve.
+            Err(StoreError::Quarantined { id, quarantine }) => tracing::error!(
+                resource = %id,
+                reason = %quarantine.reason,
+                "configured resource is quarantined; not polling it"
+            ),
+            r => {
+                r.with_context(|| format!("registering resource {}", spec.id))?;
+            }
+        }
     }
     if demo {
         let stop = shutdown.clone();
@@ -162,6 +186,8 @@ pub async fn start(
     registry.start_all();
     let reaper = registry.spawn_proxy_reaper();
     let compactor = registry.spawn_compactor(limits.compact_every);
+    let storage_failed = Arc::new(std::sync::OnceLock::new());
+    let watchdog = spawn_storage_watchdog(store.clone(), shutdown.clone(), storage_failed.clone());
 
     let state = AppState {
         registry: registry.clone(),
@@ -202,6 +228,8 @@ pub async fn start(
         store,
         compactor,
         reaper,
+        watchdog,
+        storage_failed,
         shutdown,
         ingest,
     }));
@@ -222,6 +250,9 @@ struct Serving {
     store: Store,
     compactor: tokio::task::JoinHandle<()>,
     reaper: tokio::task::JoinHandle<()>,
+    watchdog: tokio::task::JoinHandle<()>,
+    /// Set by the watchdog when it gave up on the storage.
+    storage_failed: Arc<std::sync::OnceLock<String>>,
     shutdown: CancellationToken,
     /// Outlives the final flush: dropped last.
     ingest: IngestRuntime,
@@ -239,6 +270,8 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
         store,
         compactor,
         reaper,
+        watchdog,
+        storage_failed,
         shutdown,
         ingest,
     } = s;
@@ -305,10 +338,59 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
     registry.stop_all().await;
     let _ = compactor.await;
     let _ = reaper.await;
-    store.flush().await.context("final flush")?;
+    let _ = watchdog.await;
+    let flushed = store.flush().await;
     drop(ingest);
+    if let Some(error) = storage_failed.get() {
+        return Err(StorageFailed {
+            error: error.clone(),
+        }
+        .into());
+    }
+    flushed.context("final flush")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Watches the store's writes. While they fail, probes them (a real write
+/// and flush) every [`STORAGE_PROBE_EVERY`]; a probe that succeeds clears
+/// the failure. If they still fail after [`STORAGE_GIVE_UP`], shuts the
+/// server down with [`StorageFailed`]: sled 0.34 keeps its first IO error
+/// until the database is reopened, so only a restart recovers.
+fn spawn_storage_watchdog(
+    store: Store,
+    shutdown: CancellationToken,
+    failed: Arc<std::sync::OnceLock<String>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(STORAGE_PROBE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some((error, since)) = store.health().failing() else {
+                continue;
+            };
+            // Bounded: a flush stuck on a dead disk must not stall the watch.
+            if let Ok(Ok(())) = tokio::time::timeout(STORAGE_GIVE_UP, store.probe()).await {
+                continue;
+            }
+            let failing_for = crate::model::now_ms().saturating_sub(since);
+            if u128::from(failing_for) >= STORAGE_GIVE_UP.as_millis() {
+                tracing::error!(
+                    error = %error,
+                    failing_ms = failing_for,
+                    exit_status = EXIT_STORAGE_FAILED,
+                    "storage: writes keep failing and cannot recover in this process; shutting down for a restart"
+                );
+                let _ = failed.set(error);
+                shutdown.cancel();
+                return;
+            }
+        }
+    })
 }
 
 /// A thread running a current-thread runtime for the pollers and appends.

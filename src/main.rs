@@ -34,6 +34,10 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(patchfeed::app::run(config, args.demo)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.downcast_ref::<patchfeed::app::StorageFailed>().is_some() => {
+                    eprintln!("patchfeed: {e:#}");
+                    ExitCode::from(patchfeed::app::EXIT_STORAGE_FAILED)
+                }
                 Err(e) => {
                     eprintln!("patchfeed: {e:#}");
                     ExitCode::FAILURE

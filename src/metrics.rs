@@ -34,6 +34,12 @@ pub struct Sampled {
     pub proxy_resources: usize,
     /// Group-commit flushes of the log so far.
     pub log_flushes: u64,
+    /// Writes to the data dir are failing now.
+    pub storage_failing: bool,
+    /// Writes and flushes of the log that failed so far.
+    pub storage_errors: u64,
+    /// Resources (and unattributable records) quarantined at start-up.
+    pub resources_quarantined: usize,
 }
 
 impl Metrics {
@@ -78,6 +84,11 @@ impl Metrics {
             "patchfeed_append_errors_total",
             "Appends that failed.",
             &[("", g(&self.append_errors))],
+        );
+        counter(
+            "patchfeed_storage_errors_total",
+            "Writes and flushes of the log that failed.",
+            &[("", s.storage_errors)],
         );
         counter(
             "patchfeed_sse_streams_opened_total",
@@ -147,6 +158,16 @@ impl Metrics {
             "patchfeed_resources_failing",
             "Resources whose upstream is failing.",
             n(s.resources_failing),
+        );
+        gauge(
+            "patchfeed_storage_failing",
+            "1 while writes to the data dir are failing (see /healthz).",
+            i64::from(s.storage_failing),
+        );
+        gauge(
+            "patchfeed_resources_quarantined",
+            "Resources whose stored data could not be read at start-up.",
+            n(s.resources_quarantined),
         );
         gauge(
             "patchfeed_subscribers",

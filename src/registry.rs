@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ProxyConfig;
 use crate::hub::Hub;
-use crate::log::{Compaction, Created, LogStatus, Store, StoreError};
+use crate::log::{Compaction, Created, LogStatus, Quarantine, Store, StoreError};
 use crate::metrics::Metrics;
 use crate::model::{
     ad_hoc_base, normalize_url, now_ms, EventId, ResourceId, ResourceRecord, ResourceSpec,
@@ -31,6 +31,8 @@ pub struct ResourceInfo {
     pub subscribers: usize,
     /// Created by the proxy for an unknown streamdata URL.
     pub ad_hoc: bool,
+    /// Set when its stored data could not be read at start-up.
+    pub quarantine: Option<Quarantine>,
 }
 
 /// Why the proxy would not create a resource for a URL.
@@ -125,9 +127,14 @@ impl Registry {
         lock(&self.trusted).insert(id.clone());
     }
 
-    /// Starts a poller for every stored resource that has none.
+    /// Starts a poller for every stored resource that has none, except
+    /// quarantined ones: nothing may be appended to a log that cannot be
+    /// read.
     pub fn start_all(&self) {
         for r in self.store.resources() {
+            if self.store.quarantine(&r.spec.id).is_some() {
+                continue;
+            }
             if !lock(&self.pollers).contains_key(&r.spec.id) {
                 self.start(r.spec);
             }
@@ -253,6 +260,7 @@ impl Registry {
             poll,
             subscribers: self.hub.subscribers(id),
             ad_hoc,
+            quarantine: self.store.quarantine(id),
         })
     }
 
@@ -307,7 +315,8 @@ impl Registry {
                         .compacted_events
                         .fetch_add(removed_events, Relaxed);
                 }
-                Ok(Compaction::Nothing) | Err(StoreError::NoSuchResource(_)) => {}
+                Ok(Compaction::Nothing)
+                | Err(StoreError::NoSuchResource(_) | StoreError::Quarantined { .. }) => {}
                 Err(e) => tracing::error!(resource = %r.spec.id, error = %e, "compaction failed"),
             }
         }
@@ -335,7 +344,8 @@ impl Registry {
         let now = tokio::time::Instant::now();
         let mut p = lock(&self.proxy);
         for r in self.store.resources() {
-            if r.spec.ad_hoc {
+            // A quarantined one is kept for its operator, not reaped.
+            if r.spec.ad_hoc && self.store.quarantine(&r.spec.id).is_none() {
                 p.active.insert(r.spec.id.clone(), now);
             }
         }

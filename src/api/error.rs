@@ -40,6 +40,10 @@ pub enum ApiError {
     /// Proxy mode is at `proxy.max_resources`.
     #[error("{0}")]
     ProxyFull(String),
+    /// The resource's stored data could not be read at start-up; it is
+    /// kept untouched and serves nothing until an operator repairs it.
+    #[error("resource {id:?} is quarantined: its stored data could not be read ({reason}); other resources are unaffected")]
+    Quarantined { id: String, reason: String },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -58,7 +62,9 @@ impl ApiError {
             ApiError::Compacted { .. } => StatusCode::GONE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::UpstreamRefused(_) => StatusCode::FORBIDDEN,
-            ApiError::ProxyFull(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ProxyFull(_) | ApiError::Quarantined { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -79,6 +85,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::UpstreamRefused(_) => "upstream_refused",
             ApiError::ProxyFull(_) => "proxy_full",
+            ApiError::Quarantined { .. } => "resource_quarantined",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -117,6 +124,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NoSuchResource(id) => ApiError::ResourceNotFound(id.to_string()),
+            StoreError::Quarantined { id, quarantine } => ApiError::Quarantined {
+                id: id.to_string(),
+                reason: quarantine.reason,
+            },
             e => ApiError::Internal(e.into()),
         }
     }

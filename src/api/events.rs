@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use axum::Router;
 
@@ -78,6 +78,13 @@ pub(crate) fn sse_response(
     resume: Resume,
     flavor: Flavor,
 ) -> Response {
+    if let Some(q) = state.registry.store().quarantine(&id) {
+        return ApiError::Quarantined {
+            id: id.to_string(),
+            reason: q.reason,
+        }
+        .into_response();
+    }
     let rx = state.hub.subscribe(&id);
     let failing = state.registry.last_error(&id);
     let feed = Feed::new(state.feed.clone(), id, rx, resume, failing);

@@ -192,5 +192,9 @@ fn view(info: &ResourceInfo) -> Value {
         "header_names": spec.headers.keys().collect::<Vec<_>>(),
         "subscribers": info.subscribers,
         "ad_hoc": info.ad_hoc,
+        "quarantined": info.quarantine.as_ref().map(|q| json!({
+            "reason": q.reason,
+            "key": q.key,
+        })),
     })
 }

@@ -7,7 +7,7 @@
 //! is covered, because the flush starts after the waiter was dequeued.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot};
@@ -19,6 +19,53 @@ const QUEUE: usize = 16 * 1024;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
+/// Whether the store's writes are failing: set by a failed write or flush,
+/// cleared by the next flush that succeeds.
+///
+/// sled 0.34 keeps the first IO error of its write path as a global error
+/// and returns it from every later write and flush of that `Db` until it is
+/// reopened, so in practice a failure stays set until the process restarts
+/// (`app` exits for a supervisor; see `docs/RELIABILITY.md`).
+#[derive(Default)]
+pub struct StorageHealth {
+    /// The error, and since when (unix ms), while failing.
+    failing: Mutex<Option<(String, u64)>>,
+    errors: AtomicU64,
+}
+
+impl StorageHealth {
+    /// The error and since when (unix ms), while writes are failing.
+    pub fn failing(&self) -> Option<(String, u64)> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Writes and flushes that failed so far.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Relaxed)
+    }
+
+    /// Records a failed write or flush; returns the error for `?`.
+    pub(crate) fn failed<E: std::fmt::Display>(&self, e: E) -> E {
+        self.errors.fetch_add(1, Relaxed);
+        let mut f = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            tracing::error!(error = %e, "storage: a write failed; the store is failing");
+            *f = Some((e.to_string(), crate::model::now_ms()));
+        }
+        e
+    }
+
+    fn flushed(&self) {
+        let mut f = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if f.take().is_some() {
+            tracing::warn!("storage: a flush succeeded again; the store recovered");
+        }
+    }
+}
+
 pub(crate) struct GroupCommit {
     tx: Option<mpsc::Sender<Waiter>>,
     /// Flushes done so far (each answers one batch of waiters).
@@ -27,7 +74,7 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub(crate) fn start(db: sled::Db) -> std::io::Result<GroupCommit> {
+    pub(crate) fn start(db: sled::Db, health: Arc<StorageHealth>) -> std::io::Result<GroupCommit> {
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
         let flushes = Arc::new(AtomicU64::new(0));
         let counter = flushes.clone();
@@ -43,7 +90,13 @@ impl GroupCommit {
                             Err(_) => break,
                         }
                     }
-                    let r = db.flush().map(|_| ()).map_err(|e| e.to_string());
+                    let r = match db.flush() {
+                        Ok(_) => {
+                            health.flushed();
+                            Ok(())
+                        }
+                        Err(e) => Err(health.failed(e).to_string()),
+                    };
                     counter.fetch_add(1, Relaxed);
                     for w in waiters.drain(..) {
                         let _ = w.send(r.clone());

@@ -76,6 +76,21 @@ pub(crate) fn succ(u: Ulid) -> Option<Ulid> {
     u.0.checked_add(1).map(Ulid)
 }
 
+/// A key in readable form for errors and logs: `E/7/01J…` for an event or
+/// snapshot key, `R<id>` for a resource record, escaped bytes otherwise.
+pub(crate) fn display(key: &[u8]) -> String {
+    if let (Some(&tag), Some(id)) = (key.first(), entry_id(key)) {
+        if tag == EVENT || tag == SNAPSHOT {
+            let rkey = u64_value(&key[1..9]).unwrap_or_default();
+            return format!("{}/{rkey}/{id}", char::from(tag));
+        }
+    }
+    key.iter()
+        .flat_map(|b| std::ascii::escape_default(*b))
+        .map(char::from)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

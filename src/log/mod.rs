@@ -23,10 +23,16 @@
 
 mod codec;
 mod commit;
+mod depth;
 mod ids;
+#[cfg(test)]
+mod integrity_tests;
 mod keys;
 #[cfg(test)]
 mod tests;
+
+pub use commit::StorageHealth;
+pub use depth::{check_depth, TooDeep, MAX_DOC_DEPTH};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -74,6 +80,31 @@ pub enum StoreError {
     /// Could not start the flush thread.
     #[error("could not start flush thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The document is nested deeper than the log can store and re-read.
+    #[error(transparent)]
+    TooDeep(#[from] TooDeep),
+    /// The resource's stored data could not be read at open: it is kept
+    /// untouched on disk and refuses every read and write.
+    #[error("resource {id} is quarantined: {}", .quarantine.reason)]
+    Quarantined {
+        id: ResourceId,
+        quarantine: Quarantine,
+    },
+}
+
+/// Why a resource's stored data could not be loaded at open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantine {
+    /// The first key that could not be read, in readable form.
+    pub key: String,
+    pub reason: String,
+}
+
+/// A resource record whose key does not even name a valid resource id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unattributed {
+    pub key: String,
+    pub reason: String,
 }
 
 /// The newest durable version of a resource's document.
@@ -164,6 +195,11 @@ struct Inner {
     /// Serialises create/update/delete of resource records.
     admin: Mutex<()>,
     commit: commit::GroupCommit,
+    /// Whether writes are failing now; shared with the flush thread.
+    health: Arc<StorageHealth>,
+    /// Resource records whose key names no valid resource id: kept on disk,
+    /// reported by health, served by nothing.
+    unattributed: Vec<Unattributed>,
 }
 
 impl Drop for Inner {
@@ -202,6 +238,9 @@ struct Entry {
     compact: tokio::sync::Mutex<()>,
     state: RwLock<State>,
     deleted: AtomicBool,
+    /// Set at open when this resource's data could not be read; such an
+    /// entry never changes, and `Store::entry` refuses it.
+    quarantine: Option<Quarantine>,
 }
 
 #[derive(Clone, Default)]
@@ -232,13 +271,55 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 fn corrupt(key: &[u8]) -> StoreError {
     StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
+        key: keys::display(key),
+    }
+}
+
+/// What is shown of a resource whose record cannot be decoded: its id
+/// (from the key) and nothing else.
+fn placeholder_record(id: ResourceId) -> ResourceRecord {
+    ResourceRecord {
+        spec: ResourceSpec {
+            id,
+            url: String::new(),
+            interval: ResourceSpec::DEFAULT_INTERVAL,
+            headers: Default::default(),
+            snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
+            retain: None,
+            ad_hoc: false,
+        },
+        created_ms: 0,
+    }
+}
+
+/// Whether a failure to load one resource is that resource's alone (its
+/// records cannot be decoded or do not chain), as opposed to the database
+/// failing, which is fatal for the whole dir.
+fn is_resource_local(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Corrupt { .. } | StoreError::BadPatch { .. } | StoreError::TooDeep(_)
+    )
+}
+
+fn quarantine_of(e: &StoreError) -> Quarantine {
+    let key = match e {
+        StoreError::Corrupt { key } => key.clone(),
+        StoreError::BadPatch { at, .. } => format!("event {at}"),
+        _ => String::new(),
+    };
+    Quarantine {
+        key,
+        reason: e.to_string(),
     }
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`, checks its format version and
     /// rebuilds each resource's head from its newest snapshot and events.
+    /// A resource whose record, snapshot or events cannot be decoded is
+    /// quarantined (see [`Store::quarantined`]), not fatal; a wrong format
+    /// version, a foreign database or an IO error is.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let db = open_db(dir)?;
         match db.get(keys::VERSION)? {
@@ -265,29 +346,62 @@ impl Store {
             .keys()
             .filter_map(|k| k.ok().and_then(|k| keys::u64_value(&k[1..])))
             .collect();
+        // One resource whose data cannot be read is quarantined, never the
+        // whole dir: every other resource is loaded and served. Nothing of a
+        // quarantined resource is changed on disk. Errors of the database
+        // itself (IO) stay fatal.
         let mut resources = HashMap::new();
+        let mut unattributed = Vec::new();
         for kv in db.scan_prefix([keys::RESOURCE]) {
             let (k, v) = kv?;
-            let (rkey, record) = codec::decode_resource(&v).ok_or_else(|| corrupt(&k))?;
+            let Some((rkey, record)) = codec::decode_resource(&v) else {
+                let q = Quarantine {
+                    key: keys::display(&k),
+                    reason: "the resource record cannot be decoded".into(),
+                };
+                let id = std::str::from_utf8(&k[1..])
+                    .ok()
+                    .and_then(|s| ResourceId::new(s).ok());
+                tracing::error!(key = %q.key, reason = %q.reason, "quarantined a resource: its stored record is unreadable (kept on disk untouched)");
+                match id {
+                    Some(id) => {
+                        let record = placeholder_record(id.clone());
+                        resources.insert(id, Arc::new(Entry::quarantined(record, q)));
+                    }
+                    None => unattributed.push(Unattributed {
+                        key: q.key,
+                        reason: q.reason,
+                    }),
+                }
+                continue;
+            };
             if tombstones.contains(&rkey) {
                 // A delete wrote its tombstone, then crashed before removing
                 // the record: finish it (the caller never got its answer).
                 db.remove(&k)?;
                 continue;
             }
-            let state = load_state(&db, rkey, &record.spec.id)?;
-            resources.insert(
-                record.spec.id.clone(),
-                Arc::new(Entry::new(rkey, record, state)),
-            );
+            let entry = match load_state(&db, rkey, &record.spec.id) {
+                Ok(state) => Entry::new(rkey, record, state),
+                Err(e) if is_resource_local(&e) => {
+                    let q = quarantine_of(&e);
+                    tracing::error!(resource = %record.spec.id, key = %q.key, reason = %q.reason, "quarantined a resource: its stored log is unreadable (kept on disk untouched)");
+                    Entry::quarantined(record, q)
+                }
+                Err(e) => return Err(e),
+            };
+            resources.insert(entry.id(), Arc::new(entry));
         }
-        let commit = commit::GroupCommit::start(db.clone())?;
+        let health = Arc::new(StorageHealth::default());
+        let commit = commit::GroupCommit::start(db.clone(), health.clone())?;
         let store = Store {
             inner: Arc::new(Inner {
                 tree: db,
                 resources: RwLock::new(resources),
                 admin: Mutex::new(()),
                 commit,
+                health,
+                unattributed,
             }),
         };
         // Finish purges that a crash interrupted.
@@ -300,6 +414,46 @@ impl Store {
     /// Group-commit flushes (fsyncs) so far; appends share them.
     pub fn flushes(&self) -> u64 {
         self.inner.commit.flushes()
+    }
+
+    /// Whether writes are failing now, and how many have failed.
+    pub fn health(&self) -> &StorageHealth {
+        &self.inner.health
+    }
+
+    /// Tries one real write and flush (the format version key, rewritten
+    /// with its own value), so that a store whose writes failed can show
+    /// it writes again: a bare flush with nothing new to write succeeds
+    /// even on a failed sled. Clears [`StorageHealth::failing`] on success.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let tree = self.inner.tree.clone();
+        let health = self.inner.health.clone();
+        tokio::task::spawn_blocking(move || {
+            tree.insert(keys::VERSION, &codec::FORMAT_VERSION.to_be_bytes())
+                .map_err(|e| health.failed(e))?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|e| StoreError::Flush(format!("probe task failed: {e}")))??;
+        self.flush().await
+    }
+
+    /// The quarantined resources (by id, ordered), and resource records
+    /// whose key names no resource.
+    pub fn quarantined(&self) -> (Vec<(ResourceId, Quarantine)>, Vec<Unattributed>) {
+        let mut named: Vec<(ResourceId, Quarantine)> = read(&self.inner.resources)
+            .iter()
+            .filter_map(|(id, e)| e.quarantine.clone().map(|q| (id.clone(), q)))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        (named, self.inner.unattributed.clone())
+    }
+
+    /// Why `id` is quarantined, if it is.
+    pub fn quarantine(&self, id: &ResourceId) -> Option<Quarantine> {
+        read(&self.inner.resources)
+            .get(id)
+            .and_then(|e| e.quarantine.clone())
     }
 
     /// Flushes everything to disk.
@@ -332,6 +486,7 @@ impl Store {
             let existing = read(&self.inner.resources).get(&spec.id).cloned();
             match existing {
                 None => self.insert_new(spec.clone(), now_ms)?,
+                Some(e) if e.quarantine.is_some() => return Err(e.refused()),
                 Some(e) => {
                     let record = ResourceRecord {
                         spec: spec.clone(),
@@ -380,6 +535,9 @@ impl Store {
         let Some(entry) = read(&self.inner.resources).get(id).cloned() else {
             return Ok(false);
         };
+        if entry.quarantine.is_some() {
+            return Err(entry.refused());
+        }
         let _append = entry.append.lock().await;
         {
             let _admin = lock(&self.inner.admin);
@@ -459,8 +617,11 @@ impl Store {
         v
     }
 
+    /// The record of `id`, quarantined or not.
     pub fn resource(&self, id: &ResourceId) -> Option<ResourceRecord> {
-        self.entry(id).ok().map(|e| read(&e.record).clone())
+        read(&self.inner.resources)
+            .get(id)
+            .map(|e| read(&e.record).clone())
     }
 
     /// The newest durable document, if the resource has one.
@@ -468,8 +629,12 @@ impl Store {
         Ok(read(&self.entry(id)?.state).head.clone())
     }
 
+    /// Status of the log of `id`; empty for a quarantined resource.
     pub fn status(&self, id: &ResourceId) -> Result<LogStatus, StoreError> {
-        let e = self.entry(id)?;
+        let e = read(&self.inner.resources)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| StoreError::NoSuchResource(id.clone()))?;
         let s = read(&e.state);
         Ok(LogStatus {
             last_event_id: s.head.as_ref().map(|h| h.id),
@@ -478,11 +643,17 @@ impl Store {
         })
     }
 
+    /// The entry of a live resource: unknown ids and quarantined
+    /// resources are refused, so no read or write reaches their data.
     fn entry(&self, id: &ResourceId) -> Result<Arc<Entry>, StoreError> {
-        read(&self.inner.resources)
+        let e = read(&self.inner.resources)
             .get(id)
             .cloned()
-            .ok_or_else(|| StoreError::NoSuchResource(id.clone()))
+            .ok_or_else(|| StoreError::NoSuchResource(id.clone()))?;
+        if e.quarantine.is_some() {
+            return Err(e.refused());
+        }
+        Ok(e)
     }
 
     // ---- the log ----
@@ -514,6 +685,8 @@ impl Store {
         doc: Value,
         now_ms: u64,
     ) -> Result<Option<(Event, Option<EventId>)>, StoreError> {
+        // Before anything is stored: what is stored must read back.
+        check_depth(&doc)?;
         let entry = self.entry(id)?;
         let guard = entry.append.clone().lock_owned().await;
         if entry.deleted.load(Ordering::SeqCst) {
@@ -557,10 +730,19 @@ impl Store {
             let _guard = guard;
             // The snapshot first: the event is what makes the version
             // exist, and a snapshot without its event is ignored.
+            let health = &store.inner.health;
             if let Some(v) = snapshot_value {
-                store.inner.tree.insert(&skey[..], v)?;
+                store
+                    .inner
+                    .tree
+                    .insert(&skey[..], v)
+                    .map_err(|e| health.failed(e))?;
             }
-            store.inner.tree.insert(&ekey[..], event_value)?;
+            store
+                .inner
+                .tree
+                .insert(&ekey[..], event_value)
+                .map_err(|e| health.failed(e))?;
             if let Err(e) = store.inner.commit.durable().await {
                 // Not durable, never published: take it back so the log stays
                 // a chain of what readers saw. Best effort: the disk is failing.
@@ -853,6 +1035,31 @@ impl Entry {
             compact: tokio::sync::Mutex::new(()),
             state: RwLock::new(state),
             deleted: AtomicBool::new(false),
+            quarantine: None,
+        }
+    }
+
+    /// An entry for a resource whose data could not be read. Its rkey is
+    /// 0, which no resource is ever given, and it is never used: every
+    /// read and write of a quarantined entry is refused.
+    fn quarantined(record: ResourceRecord, q: Quarantine) -> Entry {
+        Entry {
+            quarantine: Some(q),
+            ..Entry::new(0, record, State::default())
+        }
+    }
+
+    fn id(&self) -> ResourceId {
+        read(&self.record).spec.id.clone()
+    }
+
+    fn refused(&self) -> StoreError {
+        StoreError::Quarantined {
+            id: self.id(),
+            quarantine: self.quarantine.clone().unwrap_or_else(|| Quarantine {
+                key: String::new(),
+                reason: "quarantined".into(),
+            }),
         }
     }
 }

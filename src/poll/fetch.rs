@@ -103,6 +103,10 @@ pub enum FetchError {
     NotJson(String),
     #[error("reading the upstream response failed: {0}")]
     Body(String),
+    /// Nested deeper than the log can store and read back
+    /// ([`crate::log::MAX_DOC_DEPTH`]).
+    #[error("the upstream document is nested deeper than {limit} levels")]
+    TooDeep { limit: usize },
 }
 
 impl FetchError {
@@ -119,6 +123,7 @@ impl FetchError {
             FetchError::TooLarge { .. } => "too_large",
             FetchError::NotJson(_) => "not_json",
             FetchError::Body(_) => "body",
+            FetchError::TooDeep { .. } => "too_deep",
         }
     }
 
@@ -344,8 +349,19 @@ impl Fetcher {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(FetchError::NotJson("the body is empty".into()));
         }
-        let doc: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| FetchError::NotJson(e.to_string()))?;
+        let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            // serde_json has no error category for its recursion limit.
+            if e.to_string().starts_with("recursion limit exceeded") {
+                FetchError::TooDeep {
+                    limit: crate::log::MAX_DOC_DEPTH,
+                }
+            } else {
+                FetchError::NotJson(e.to_string())
+            }
+        })?;
+        // The store's own bound, checked at the door: what is accepted here
+        // is what the log can store and read back.
+        crate::log::check_depth(&doc).map_err(|e| FetchError::TooDeep { limit: e.limit })?;
         Ok(Fetched::Document {
             doc,
             validators: got,

@@ -97,6 +97,19 @@ impl Poller {
                             interval
                         }
                         Err(StoreError::NoSuchResource(_)) => return,
+                        Err(StoreError::Quarantined { .. }) => return,
+                        Err(StoreError::TooDeep(e)) => {
+                            // The fetcher checks this first; kept for a
+                            // bound that differs (never stored either way).
+                            Metrics::inc(&self.metrics.polls_failed);
+                            self.failed(UpstreamError {
+                                code: "too_deep".into(),
+                                message: e.to_string(),
+                                status: None,
+                                time_ms: now_ms(),
+                            });
+                            backoff.next_delay()
+                        }
                         Err(e) => {
                             // Keep the old validators: the next poll must
                             // fetch the body again.

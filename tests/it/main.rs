@@ -9,5 +9,6 @@ mod documents;
 mod edges;
 mod faults;
 mod openapi;
+mod store_integrity;
 mod stream;
 mod support;

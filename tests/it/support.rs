@@ -222,7 +222,8 @@ impl Server {
         s
     }
 
-    fn spawn(&mut self) {
+    /// Starts the binary on this server's data dir (after `kill`).
+    pub fn spawn(&mut self) {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
