@@ -26,10 +26,11 @@ use crate::api::{self, AppState, Auth, HttpLimits};
 use crate::config::Config;
 use crate::feed::{self, FeedConfig};
 use crate::hub::Hub;
-use crate::log::{Store, StoreError};
 use crate::metrics::Metrics;
-use crate::poll::fetch::{FetchConfig, Fetcher};
-use crate::registry::Registry;
+use crate::poll::fetch::FetchConfig;
+use crate::registry::{self, Registry};
+use crate::service::Service;
+use crate::store::{Store, StoreError};
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -117,45 +118,49 @@ impl Running {
     }
 }
 
-/// Opens the store, registers resources, announces the address and spawns
-/// the accept loop; returns once the server is ready to accept.
-pub async fn start(
-    config: Config,
+/// Every part of a server but its listener, assembled from a [`Config`]
+/// in one place: the log, the hub, the metrics, the registry (pollers,
+/// compactor, proxy), the config and demo resources, and the state every
+/// handler sees. Nothing is polled, compacted or reaped until the caller
+/// starts the background tasks with [`Core::start_tasks`].
+pub struct Core {
+    /// The one service the API sees, inside [`Core::state`].
+    pub state: AppState,
+    /// The live resources, for in-process callers (the fan-out bench hands
+    /// documents to `Registry::ingest` faster than polling could).
+    pub registry: Arc<Registry>,
+    store: Store,
+}
+
+/// See [`Core`]. `ingest` is the runtime pollers and appends run on.
+pub async fn assemble(
+    config: &Config,
     demo: bool,
-    listener: TcpListener,
     shutdown: CancellationToken,
-) -> anyhow::Result<Running> {
+    ingest: tokio::runtime::Handle,
+) -> anyhow::Result<Core> {
     let limits = &config.limits;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store = Store::open(&config.data_dir)
+    let store = crate::store::open_sled(&config.data_dir)
         .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(limits.live_buffer));
-    let fetch = FetchConfig {
-        timeout: limits.upstream_timeout,
-        max_body: limits.upstream_max_body_bytes,
-        allow_private: config.allow_private_upstreams,
-        ..FetchConfig::default()
-    };
-    let proxy_fetch = FetchConfig {
-        allowed_hosts: config.proxy.allowed_hosts.clone(),
-        ..fetch.clone()
-    };
-    let trusted = FetchConfig {
-        allow_private: true,
-        ..fetch.clone()
-    };
-    let ingest = IngestRuntime::start().context("starting the ingest thread")?;
-    let registry = Registry::new(
-        store.clone(),
-        hub.clone(),
-        metrics.clone(),
-        Fetcher::new(fetch).context("building the HTTP client")?,
-        Fetcher::new(trusted).context("building the HTTP client")?,
-        shutdown.clone(),
-        ingest.handle.clone(),
-    );
+    let registry = Registry::new(registry::Parts {
+        store: store.clone(),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        fetch: FetchConfig {
+            timeout: limits.upstream_timeout,
+            max_body: limits.upstream_max_body_bytes,
+            allow_private: config.allow_private_upstreams,
+            ..FetchConfig::default()
+        },
+        proxy: config.proxy.clone(),
+        shutdown: shutdown.clone(),
+        ingest,
+    })
+    .context("building the HTTP client")?;
 
     for spec in &config.resources {
         match registry.put(spec.clone()).await {
@@ -175,40 +180,71 @@ pub async fn start(
         let addr = crate::demo::start(async move { stop.cancelled().await })
             .await
             .context("starting the demo upstream")?;
-        let spec = crate::demo::demo_spec(addr);
-        registry.trust(&spec.id);
-        registry.put(spec).await.context("registering the demo")?;
+        registry
+            .put_trusted(crate::demo::demo_spec(addr))
+            .await
+            .context("registering the demo")?;
     }
-    registry.configure_proxy(
-        config.proxy.clone(),
-        Fetcher::new(proxy_fetch).context("building the HTTP client")?,
-    );
-    registry.start_all();
-    let reaper = registry.spawn_proxy_reaper();
-    let compactor = registry.spawn_compactor(limits.compact_every);
-    let storage_failed = Arc::new(std::sync::OnceLock::new());
-    let watchdog = spawn_storage_watchdog(store.clone(), shutdown.clone(), storage_failed.clone());
 
+    let feed = feed::Ctx {
+        store: store.clone(),
+        metrics,
+        config: FeedConfig {
+            keep_alive: limits.keep_alive,
+            ..FeedConfig::default()
+        },
+        shutdown,
+    };
     let state = AppState {
-        registry: registry.clone(),
-        hub,
-        metrics: metrics.clone(),
+        service: Arc::new(Service::new(registry.clone(), hub, feed)),
         auth: Arc::new(Auth {
             token: config.token.clone(),
             read_token: config.read_token.clone(),
         }),
-        feed: feed::Ctx {
-            store: Arc::new(store.clone()),
-            metrics: metrics.clone(),
-            config: FeedConfig {
-                keep_alive: limits.keep_alive,
-                ..FeedConfig::default()
-            },
-            shutdown: shutdown.clone(),
-        },
     };
-    let router = api::router(
+    Ok(Core {
         state,
+        registry,
+        store,
+    })
+}
+
+/// The background tasks of a running core.
+pub struct Tasks {
+    compactor: tokio::task::JoinHandle<()>,
+    reaper: tokio::task::JoinHandle<()>,
+}
+
+impl Core {
+    /// Starts every poller, the compactor (every `compact_every`) and the
+    /// proxy reaper.
+    pub fn start_tasks(&self, compact_every: Duration) -> Tasks {
+        self.registry.start_all();
+        Tasks {
+            reaper: self.registry.spawn_proxy_reaper(),
+            compactor: self.registry.spawn_compactor(compact_every),
+        }
+    }
+}
+
+/// Assembles the server, registers resources, announces the address and
+/// spawns the accept loop; returns once the server is ready to accept.
+pub async fn start(
+    config: Config,
+    demo: bool,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let limits = &config.limits;
+    let ingest = IngestRuntime::start().context("starting the ingest thread")?;
+    let core = assemble(&config, demo, shutdown.clone(), ingest.handle.clone()).await?;
+    let Tasks { compactor, reaper } = core.start_tasks(limits.compact_every);
+    let storage_failed = Arc::new(std::sync::OnceLock::new());
+    let watchdog =
+        spawn_storage_watchdog(core.store.clone(), shutdown.clone(), storage_failed.clone());
+    let metrics = core.state.service.metrics().clone();
+    let router = api::router(
+        core.state,
         &HttpLimits {
             max_request_body: limits.max_request_body_bytes,
             request_timeout: limits.request_timeout,
@@ -217,15 +253,15 @@ pub async fn start(
 
     let addr = listener.local_addr().context("reading the bound address")?;
     announce(addr);
-    tracing::info!(%addr, resources = registry.store().resources().len(), "serving");
+    tracing::info!(%addr, resources = core.store.resources().len(), "serving");
 
     let task = tokio::spawn(accept_loop(Serving {
         listener,
         router,
         limits: limits.clone(),
         metrics,
-        registry: registry.clone(),
-        store,
+        registry: core.registry.clone(),
+        store: core.store,
         compactor,
         reaper,
         watchdog,
@@ -234,7 +270,7 @@ pub async fn start(
         ingest,
     }));
     Ok(Running {
-        registry,
+        registry: core.registry,
         addr,
         task,
     })
@@ -370,7 +406,7 @@ fn spawn_storage_watchdog(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let Some((error, since)) = store.health().failing() else {
+            let Some((error, since)) = store.health().failing else {
                 continue;
             };
             // Bounded: a flush stuck on a dead disk must not stall the watch.

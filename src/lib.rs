@@ -17,5 +17,6 @@ pub mod metrics;
 pub mod model;
 pub mod poll;
 pub mod registry;
+pub mod service;
 pub mod store;
 pub mod transport;

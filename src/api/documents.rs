@@ -1,19 +1,20 @@
 //! Time travel and audit: `GET …/document[?at=T]` and
 //! `GET …/history?after=&before=&limit=`.
 
-use std::collections::HashMap;
-
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
-use super::{known, ApiError, AppState};
-use crate::log::{At, History};
+use serde::Deserialize;
+
+use super::{ApiError, AppState, Known, Q};
 use crate::model::Point;
+use crate::service::Document;
+use crate::store::History;
 
 /// Largest `limit` of one history page.
 pub const MAX_HISTORY_LIMIT: usize = 1000;
@@ -26,40 +27,36 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Parses a point-valued query parameter, or a 400 naming it.
-pub(crate) fn point(q: &HashMap<String, String>, name: &str) -> Result<Option<Point>, ApiError> {
-    q.get(name)
-        .map(|raw| {
-            Point::parse(raw).map_err(|e| ApiError::BadRequest(format!("invalid {name}: {e}")))
-        })
-        .transpose()
+pub(crate) fn point(name: &str, raw: Option<&str>) -> Result<Option<Point>, ApiError> {
+    raw.map(|raw| {
+        Point::parse(raw).map_err(|e| ApiError::BadRequest(format!("invalid {name}: {e}")))
+    })
+    .transpose()
+}
+
+/// `GET …/document` query.
+#[derive(Deserialize)]
+struct DocumentQuery {
+    at: Option<String>,
 }
 
 async fn get_document(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Known(id): Known,
+    Q(q): Q<DocumentQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = known(&state, &raw)?;
-    let store = state.registry.store();
-    let (event, json) = match point(&q, "at")? {
-        None => match store.head(&id)? {
-            Some(h) => (h.id, h.json),
-            None => return Err(ApiError::NotYet("now".into())),
-        },
-        Some(p) => match store.document_at(&id, p)? {
-            At::Found { id, doc } => (
-                id,
-                Bytes::from(serde_json::to_vec(&*doc).map_err(|e| ApiError::Internal(e.into()))?),
-            ),
-            At::NotYet => return Err(ApiError::NotYet(q["at"].clone())),
-            At::Compacted { horizon } => {
-                return Err(ApiError::Compacted {
-                    point: q["at"].clone(),
-                    horizon,
-                })
-            }
-        },
+    let at = point("at", q.at.as_deref())?;
+    let shown = || q.at.clone().unwrap_or_else(|| "now".into());
+    let (event, json) = match state.service.document(&id, at).await? {
+        Document::Found { id, json } => (id, json),
+        Document::NotYet => return Err(ApiError::NotYet(shown())),
+        Document::Compacted { horizon } => {
+            return Err(ApiError::Compacted {
+                point: shown(),
+                horizon,
+            })
+        }
     };
     let etag = format!("\"{event}\"");
     let not_modified = headers
@@ -85,15 +82,22 @@ fn header_value(s: &str) -> Result<HeaderValue, ApiError> {
     HeaderValue::from_str(s).map_err(|e| ApiError::Internal(e.into()))
 }
 
+/// `GET …/history` query.
+#[derive(Deserialize)]
+struct HistoryQuery {
+    after: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
 async fn get_history(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Known(id): Known,
+    Q(q): Q<HistoryQuery>,
 ) -> Result<Response, ApiError> {
-    let id = known(&state, &raw)?;
-    let after = point(&q, "after")?;
-    let before = point(&q, "before")?;
-    let limit = match q.get("limit") {
+    let after = point("after", q.after.as_deref())?;
+    let before = point("before", q.before.as_deref())?;
+    let limit = match q.limit.as_deref() {
         None => DEFAULT_HISTORY_LIMIT,
         Some(raw) => match raw.parse::<usize>() {
             Ok(n) if (1..=MAX_HISTORY_LIMIT).contains(&n) => n,
@@ -104,7 +108,7 @@ async fn get_history(
             }
         },
     };
-    match state.registry.store().history(&id, after, before, limit)? {
+    match state.service.history(&id, after, before, limit).await? {
         History::Events { events, next_after } => {
             // Patches are stored as JSON text: splice them in unparsed.
             let mut out = BytesMut::with_capacity(
@@ -135,7 +139,7 @@ async fn get_history(
             Ok(([(header::CONTENT_TYPE, "application/json")], out.freeze()).into_response())
         }
         History::Compacted { horizon } => Err(ApiError::Compacted {
-            point: q.get("after").cloned().unwrap_or_default(),
+            point: q.after.clone().unwrap_or_default(),
             horizon,
         }),
     }

@@ -2,18 +2,16 @@
 //! (Last-Event-ID header > `last_event_id`/`lastEventId` query > `since`),
 //! subscribes to the hub, opens a `Feed` and hands it to the SSE encoder.
 
-use std::collections::HashMap;
-
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use axum::Router;
 
 use super::documents::point;
-use super::{known, ApiError, AppState};
-use crate::feed::{Feed, Resume};
+use super::{ApiError, AppState, Known, Q};
+use crate::feed::Resume;
 use crate::model::{is_overflowing_ulid, parse_ulid, ResourceId};
 use crate::transport::sse::{self, Flavor};
 
@@ -24,8 +22,17 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/v1/resources/{id}/events", get(stream_events))
 }
 
+/// The resume point a request may carry in its query.
+#[derive(Default, serde::Deserialize)]
+pub(crate) struct ResumeQuery {
+    last_event_id: Option<String>,
+    #[serde(rename = "lastEventId")]
+    last_event_id_camel: Option<String>,
+    since: Option<String>,
+}
+
 /// The resume point of a request, or a 400 naming the bad value.
-pub(crate) fn resume(headers: &HeaderMap, q: &HashMap<String, String>) -> Result<Resume, ApiError> {
+pub(crate) fn resume(headers: &HeaderMap, q: &ResumeQuery) -> Result<Resume, ApiError> {
     let id = |name: &str, raw: &str| {
         parse_ulid(raw.trim()).ok_or_else(|| {
             let why = if is_overflowing_ulid(raw.trim()) {
@@ -48,12 +55,15 @@ pub(crate) fn resume(headers: &HeaderMap, q: &HashMap<String, String>) -> Result
             return Ok(Resume::LastEventId(id("Last-Event-ID", raw)?));
         }
     }
-    for name in ["last_event_id", "lastEventId"] {
-        if let Some(raw) = q.get(name).filter(|r| !r.trim().is_empty()) {
+    for (name, raw) in [
+        ("last_event_id", &q.last_event_id),
+        ("lastEventId", &q.last_event_id_camel),
+    ] {
+        if let Some(raw) = raw.as_deref().filter(|r| !r.trim().is_empty()) {
             return Ok(Resume::LastEventId(id(name, raw)?));
         }
     }
-    Ok(match point(q, "since")? {
+    Ok(match point("since", q.since.as_deref())? {
         Some(p) => Resume::Since(p),
         None => Resume::Fresh,
     })
@@ -61,34 +71,27 @@ pub(crate) fn resume(headers: &HeaderMap, q: &HashMap<String, String>) -> Result
 
 async fn stream_events(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Known(id): Known,
+    Q(q): Q<ResumeQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let id = known(&state, &raw)?;
     let resume = resume(&headers, &q)?;
     Ok(sse_response(&state, id, resume, Flavor::Native))
 }
 
-/// An SSE response for `id`. Subscribes before anything is read from the
-/// log, as `Feed::new` requires.
+/// An SSE response for `id`: the service subscribes before anything is
+/// read from the log.
 pub(crate) fn sse_response(
     state: &AppState,
     id: ResourceId,
     resume: Resume,
     flavor: Flavor,
 ) -> Response {
-    if let Some(q) = state.registry.store().quarantine(&id) {
-        return ApiError::Quarantined {
-            id: id.to_string(),
-            reason: q.reason,
-        }
-        .into_response();
-    }
-    let rx = state.hub.subscribe(&id);
-    let failing = state.registry.last_error(&id);
-    let feed = Feed::new(state.feed.clone(), id, rx, resume, failing);
-    let body = sse::stream(feed, flavor, RETRY_MS, state.metrics.clone());
+    let feed = match state.service.subscribe(&id, resume) {
+        Ok(feed) => feed,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let body = sse::stream(feed, flavor, RETRY_MS, state.service.metrics().clone());
     let mut resp = Response::new(Body::from_stream(body));
     let h = resp.headers_mut();
     h.insert(

@@ -26,19 +26,14 @@ use tower_http::trace::TraceLayer;
 pub use auth::Auth;
 pub use error::ApiError;
 
-use crate::feed;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
 use crate::model::ResourceId;
-use crate::registry::Registry;
+use crate::service::Service;
 
+/// What every handler sees: the one service, and the credentials.
 #[derive(Clone)]
 pub struct AppState {
-    pub registry: Arc<Registry>,
-    pub hub: Arc<Hub>,
-    pub metrics: Arc<Metrics>,
+    pub service: Arc<Service>,
     pub auth: Arc<Auth>,
-    pub feed: feed::Ctx,
 }
 
 /// Limits applied by the router's layers.
@@ -117,11 +112,64 @@ pub(crate) fn resource_id(raw: &str) -> Result<ResourceId, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("invalid resource id {raw:?}: {e}")))
 }
 
-/// Unknown resource → 404.
-pub(crate) fn known(state: &AppState, raw: &str) -> Result<ResourceId, ApiError> {
-    let id = resource_id(raw)?;
-    if state.registry.store().resource(&id).is_none() {
-        return Err(ApiError::ResourceNotFound(id.to_string()));
+/// `{id}` in a path that names an existing resource: a bad id is 400
+/// naming it, an unknown one 404 `resource_not_found`.
+pub(crate) struct Known(pub ResourceId);
+
+impl axum::extract::FromRequestParts<AppState> for Known {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, ApiError> {
+        let id = PathId::from_request_parts(parts, state).await?.0;
+        if !state.service.exists(&id) {
+            return Err(ApiError::ResourceNotFound(id.to_string()));
+        }
+        Ok(Known(id))
     }
-    Ok(id)
+}
+
+/// `{id}` in a path: a valid resource id, or a 400 naming it.
+pub(crate) struct PathId(pub ResourceId);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        resource_id(&raw).map(PathId)
+    }
+}
+
+/// A typed query string; a value that does not parse is a 400 whose
+/// message names it (the field types' own `Deserialize` say how).
+pub(crate) struct Q<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Q(q.0))
+            .map_err(|e| ApiError::BadRequest(query_error(&e.body_text())))
+    }
+}
+
+/// axum's rejection text without its generic prefix.
+fn query_error(text: &str) -> String {
+    text.strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text)
+        .to_owned()
 }

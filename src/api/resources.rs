@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -14,10 +14,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{known, resource_id, ApiError, AppState};
-use crate::log::Created;
+use super::{ApiError, AppState, Known, PathId};
 use crate::model::{format_rfc3339_ms, redact_url, ResourceId, ResourceSpec};
 use crate::registry::ResourceInfo;
+use crate::store::Created;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -59,11 +59,11 @@ async fn create_resource(
     let new = NewResource::deserialize(value)
         .map_err(|e| ApiError::InvalidResource(format!("invalid resource: {e}")))?;
     let spec = validate(&state, new)?;
-    match state.registry.create(spec).await? {
+    match state.service.create_resource(spec).await? {
         Created::New(r) => {
             let info = state
-                .registry
-                .info(&r.spec.id)
+                .service
+                .resource(&r.spec.id)
                 .ok_or_else(|| ApiError::ResourceNotFound(r.spec.id.to_string()))?;
             Ok((StatusCode::CREATED, Json(view(&info))))
         }
@@ -84,8 +84,7 @@ fn validate(state: &AppState, new: NewResource) -> Result<ResourceSpec, ApiError
             .map_err(|e| ApiError::Internal(e.into()))?,
     };
     state
-        .registry
-        .fetcher()
+        .service
         .check_url(&new.url)
         .map_err(|e| invalid(format!("invalid url: {e}")))?;
     let interval = match new.interval_ms {
@@ -134,28 +133,26 @@ fn validate(state: &AppState, new: NewResource) -> Result<ResourceSpec, ApiError
 }
 
 async fn list_resources(State(state): State<AppState>) -> Json<Value> {
-    let list: Vec<Value> = state.registry.infos().iter().map(view).collect();
+    let list: Vec<Value> = state.service.resources().iter().map(view).collect();
     Json(json!({ "resources": list }))
 }
 
 async fn get_resource(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    PathId(id): PathId,
 ) -> Result<Json<Value>, ApiError> {
-    let id = resource_id(&raw)?;
     let info = state
-        .registry
-        .info(&id)
+        .service
+        .resource(&id)
         .ok_or_else(|| ApiError::ResourceNotFound(id.to_string()))?;
     Ok(Json(view(&info)))
 }
 
 async fn delete_resource(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    Known(id): Known,
 ) -> Result<StatusCode, ApiError> {
-    let id = known(&state, &raw)?;
-    if state.registry.delete(&id).await? {
+    if state.service.delete_resource(&id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::ResourceNotFound(id.to_string()))

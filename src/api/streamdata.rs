@@ -12,7 +12,7 @@
 //! apps were the SDK's main users. Unknown URLs get an ad-hoc resource in
 //! proxy mode (`Registry::proxy_resource`), else 404.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
@@ -22,7 +22,7 @@ use axum::routing::any;
 use axum::Router;
 use percent_encoding::percent_decode_str;
 
-use super::events::{resume, sse_response};
+use super::events::{resume, sse_response, ResumeQuery};
 use super::{auth, ApiError, AppState};
 use crate::model::redact_url;
 use crate::registry::ProxyError;
@@ -90,27 +90,21 @@ fn preflight() -> Response {
 async fn stream(state: &AppState, req: &Parts) -> Result<Response, ApiError> {
     auth::check_read(&state.auth, &req.headers, &req.uri)?;
     let (url, headers) = upstream(&req.uri)?;
-    let registry = &state.registry;
-    let id = match registry.find_by_upstream(&url, &headers) {
-        Some(id) => {
-            registry.touch(&id);
-            id
-        }
-        None => registry
-            .proxy_resource(&url, &headers)
-            .await
-            .map_err(|e| match e {
-                ProxyError::Disabled => ApiError::ResourceNotFound(format!(
-                    "{} (no resource polls this URL with these headers, and proxy mode is off)",
-                    redact_url(&url)
-                )),
-                ProxyError::Refused(e) => ApiError::UpstreamRefused(e.to_string()),
-                ProxyError::Full(_) => ApiError::ProxyFull(e.to_string()),
-                ProxyError::Store(e) => e.into(),
-            })?,
-    };
+    let id = state
+        .service
+        .upstream_resource(&url, &headers)
+        .await
+        .map_err(|e| match e {
+            ProxyError::Disabled => ApiError::ResourceNotFound(format!(
+                "{} (no resource polls this URL with these headers, and proxy mode is off)",
+                redact_url(&url)
+            )),
+            ProxyError::Refused(e) => ApiError::UpstreamRefused(e.to_string()),
+            ProxyError::Full(_) => ApiError::ProxyFull(e.to_string()),
+            ProxyError::Store(e) => e.into(),
+        })?;
     // The query is the upstream's: only the header resumes here.
-    let resume = resume(&req.headers, &HashMap::new())?;
+    let resume = resume(&req.headers, &ResumeQuery::default())?;
     Ok(sse_response(state, id, resume, Flavor::Streamdata))
 }
 

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::fetch::{Fetched, Fetcher, Validators};
 use crate::hub::{Hub, UpstreamError};
-use crate::log::{Store, StoreError};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, EventId, ResourceId, ResourceSpec};
+use crate::store::{Store, StoreError};
 
 /// Appends a new version of `id` and, once it is durable, publishes it:
 /// what happens to every fetched document, and to documents handed over by
@@ -31,7 +31,7 @@ pub(crate) async fn ingest(
     id: &ResourceId,
     doc: Value,
 ) -> Result<Option<EventId>, StoreError> {
-    let Some((event, prev)) = store.append_chained(id, doc, now_ms()).await? else {
+    let Some((event, prev)) = store.append(id, doc, now_ms()).await? else {
         return Ok(None);
     };
     Metrics::inc(&metrics.events_appended);

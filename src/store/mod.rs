@@ -13,15 +13,37 @@ use futures_util::future::BoxFuture;
 use serde_json::Value;
 use ulid::Ulid;
 
-pub use crate::log::{At, Compaction, Created, Head, History, LogStatus, ReadAfter, StoreError};
+pub use crate::log::{
+    At, Compaction, Created, Head, History, LogStatus, Quarantine, ReadAfter, StoreError,
+    Unattributed,
+};
 use crate::model::{Event, EventId, Point, ResourceId, ResourceRecord, ResourceSpec};
 
 /// An appended event and the id of the event before it (`None` for the
 /// first): what the hub's prev-id chain needs.
 pub type Appended = (Event, Option<EventId>);
 
+/// What `/healthz` and `/metrics` show of the storage.
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    /// While writes fail: the error and since when (Unix ms).
+    pub failing: Option<(String, u64)>,
+    /// Failed writes and flushes so far.
+    pub errors: u64,
+    /// Resources whose stored data could not be read when the log was
+    /// opened, ordered by id; they answer `resource_quarantined`.
+    pub quarantined: Vec<(ResourceId, Quarantine)>,
+    /// Unreadable records that name no resource.
+    pub unattributed: Vec<Unattributed>,
+}
+
 /// The handle every layer above the log holds.
 pub type Store = Arc<dyn Storage>;
+
+/// Opens (or creates) the embedded sled log in `dir`.
+pub fn open_sled(dir: &std::path::Path) -> Result<Store, StoreError> {
+    Ok(Arc::new(crate::log::Store::open(dir)?))
+}
 
 /// A durable, per-resource, append-only change log with snapshots.
 ///
@@ -138,6 +160,18 @@ pub trait Storage: Send + Sync + 'static {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Compaction, StoreError>>;
 
+    /// Set when the resource's stored data could not be read when the log
+    /// was opened: every other call on it is refused, its data kept as is.
+    fn quarantine(&self, id: &ResourceId) -> Option<Quarantine>;
+
+    /// Write failures and quarantined resources, now.
+    fn health(&self) -> Health;
+
+    /// Tries one real durable write, so that a store whose writes failed
+    /// can show it writes again (a bare flush with nothing to write proves
+    /// nothing).
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
     /// Makes everything written so far durable.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
@@ -242,6 +276,25 @@ impl Storage for crate::log::Store {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Compaction, StoreError>> {
         Box::pin(crate::log::Store::compact(self, id, now_ms))
+    }
+
+    fn quarantine(&self, id: &ResourceId) -> Option<Quarantine> {
+        crate::log::Store::quarantine(self, id)
+    }
+
+    fn health(&self) -> Health {
+        let h = crate::log::Store::health(self);
+        let (quarantined, unattributed) = crate::log::Store::quarantined(self);
+        Health {
+            failing: h.failing(),
+            errors: h.errors(),
+            quarantined,
+            unattributed,
+        }
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(crate::log::Store::probe(self))
     }
 
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -1,0 +1,188 @@
+//! The one service the HTTP API sees: the operations the contract names —
+//! create, list, get and delete resources; the document at a point; history;
+//! subscribe from a resume point; the streamdata route's resource for an
+//! upstream URL; health — over the registry, the log and the hub. Handlers
+//! never reach the store, the fetchers or the hub themselves.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::feed::{self, Feed, Resume};
+use crate::hub::Hub;
+use crate::metrics::{Metrics, Sampled};
+use crate::model::{EventId, Point, ResourceId, ResourceSpec};
+use crate::poll::fetch::FetchError;
+use crate::registry::{ProxyError, Registry, ResourceInfo};
+use crate::store::{At, Created, Health, History, Store, StoreError};
+
+/// The document of a resource at a point, as the API serves it.
+#[derive(Debug)]
+pub enum Document {
+    /// The document as of event `id`, as JSON text.
+    Found { id: EventId, json: Bytes },
+    /// Before the first version (or no version yet).
+    NotYet,
+    /// Before the horizon of a compacted log.
+    Compacted { horizon: EventId },
+}
+
+/// See the module docs.
+pub struct Service {
+    registry: Arc<Registry>,
+    store: Store,
+    hub: Arc<Hub>,
+    feed: feed::Ctx,
+    metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// The service over a running registry; `feed` is what every
+    /// subscription reads the log and keeps alive with.
+    pub fn new(registry: Arc<Registry>, hub: Arc<Hub>, feed: feed::Ctx) -> Service {
+        Service {
+            store: feed.store.clone(),
+            metrics: feed.metrics.clone(),
+            registry,
+            hub,
+            feed,
+        }
+    }
+
+    /// The metrics every layer counts into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether an upstream URL may be registered (the upstream guard, as
+    /// configured).
+    pub fn check_url(&self, url: &str) -> Result<(), FetchError> {
+        self.registry.check_url(url)
+    }
+
+    /// Creates a resource and starts polling it; `Exists` changes nothing.
+    pub async fn create_resource(&self, spec: ResourceSpec) -> Result<Created, StoreError> {
+        self.registry.create(spec).await
+    }
+
+    /// Every resource, ordered by id.
+    pub fn resources(&self) -> Vec<ResourceInfo> {
+        self.registry.infos()
+    }
+
+    /// One resource, or `None` if there is none with that id.
+    pub fn resource(&self, id: &ResourceId) -> Option<ResourceInfo> {
+        self.registry.info(id)
+    }
+
+    /// Whether a resource with that id exists.
+    pub fn exists(&self, id: &ResourceId) -> bool {
+        self.store.resource(id).is_some()
+    }
+
+    /// Stops polling, deletes the log, ends open streams. False if unknown.
+    pub async fn delete_resource(&self, id: &ResourceId) -> Result<bool, StoreError> {
+        if let Some(quarantine) = self.store.quarantine(id) {
+            return Err(StoreError::Quarantined {
+                id: id.clone(),
+                quarantine,
+            });
+        }
+        self.registry.delete(id).await
+    }
+
+    /// The document now (`at` = `None`) or as of a point.
+    pub async fn document(
+        &self,
+        id: &ResourceId,
+        at: Option<Point>,
+    ) -> Result<Document, StoreError> {
+        Ok(match at {
+            None => match self.store.head(id)? {
+                Some(h) => Document::Found {
+                    id: h.id,
+                    json: h.json,
+                },
+                None => Document::NotYet,
+            },
+            Some(p) => match self.store.document_at(id, p).await? {
+                At::Found { id, doc } => Document::Found {
+                    id,
+                    // Serializing a Value to a Vec cannot fail.
+                    json: Bytes::from(serde_json::to_vec(&*doc).expect("document serializes")),
+                },
+                At::NotYet => Document::NotYet,
+                At::Compacted { horizon } => Document::Compacted { horizon },
+            },
+        })
+    }
+
+    /// One page of the changes after `after` up to `before`.
+    pub async fn history(
+        &self,
+        id: &ResourceId,
+        after: Option<Point>,
+        before: Option<Point>,
+        limit: usize,
+    ) -> Result<History, StoreError> {
+        self.store.history(id, after, before, limit).await
+    }
+
+    /// A feed of `id` from `resume`: subscribed to the hub before anything
+    /// is read from the log, with the upstream's current error if it is
+    /// failing. A quarantined resource is refused.
+    pub fn subscribe(&self, id: &ResourceId, resume: Resume) -> Result<Feed, StoreError> {
+        if let Some(quarantine) = self.store.quarantine(id) {
+            return Err(StoreError::Quarantined {
+                id: id.clone(),
+                quarantine,
+            });
+        }
+        let rx = self.hub.subscribe(id);
+        let failing = self.registry.last_error(id);
+        Ok(Feed::new(
+            self.feed.clone(),
+            id.clone(),
+            rx,
+            resume,
+            failing,
+        ))
+    }
+
+    /// The resource polling `url` with exactly `headers` (marked as in use),
+    /// or, in proxy mode, a new ad-hoc one.
+    pub async fn upstream_resource(
+        &self,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+    ) -> Result<ResourceId, ProxyError> {
+        match self.registry.find_by_upstream(url, headers) {
+            Some(id) => {
+                self.registry.touch(&id);
+                Ok(id)
+            }
+            None => self.registry.proxy_resource(url, headers).await,
+        }
+    }
+
+    /// Write failures and quarantined resources.
+    pub fn health(&self) -> Health {
+        self.store.health()
+    }
+
+    /// The gauges `/metrics` samples at scrape time.
+    pub fn sampled(&self) -> Sampled {
+        let health = self.store.health();
+        Sampled {
+            resources: self.store.resources().len(),
+            subscribers: self.hub.total_subscribers(),
+            resources_failing: self.registry.failing(),
+            proxy_resources: self.registry.ad_hoc_count(),
+            log_flushes: self.store.flushes(),
+            storage_failing: health.failing.is_some(),
+            storage_errors: health.errors,
+            resources_quarantined: health.quarantined.len() + health.unattributed.len(),
+        }
+    }
+}
