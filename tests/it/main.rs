@@ -2,8 +2,8 @@
 //! loopback upstream, real HTTP and SSE clients. One test crate (one
 //! build), one module per area.
 
-#[path = "../common/binary.rs"]
-mod binary;
+#[path = "../common/mod.rs"]
+mod common;
 mod crash_server;
 mod documents;
 mod faults;
