@@ -7,5 +7,7 @@ mod common;
 mod crash_server;
 mod documents;
 mod faults;
+mod inproc_api;
+mod paused;
 mod stream;
 mod support;
