@@ -215,7 +215,20 @@ pub struct Tasks {
     reaper: tokio::task::JoinHandle<()>,
 }
 
+impl Tasks {
+    /// Waits for the tasks to end (they end on the shutdown signal).
+    pub async fn join(self) {
+        let _ = self.compactor.await;
+        let _ = self.reaper.await;
+    }
+}
+
 impl Core {
+    /// The log.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Starts every poller, the compactor (every `compact_every`) and the
     /// proxy reaper.
     pub fn start_tasks(&self, compact_every: Duration) -> Tasks {

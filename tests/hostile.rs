@@ -10,506 +10,31 @@
 //! timeout, so a hang fails the test instead of stalling it.
 //! `docs/RELIABILITY.md` lists each case with the test that checks it.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::Query;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::http::header;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt as _};
-use patchfeed::config::Config;
+use futures_util::StreamExt as _;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Deadline of every client request: a hang fails the test.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+// The harness (`tests/common/`): the in-process server is `Server` here,
+// the real binary `Binary`.
+use common::{
+    client, eventually, metric, parse_reply, raw, read_one, read_to_close, send, shown,
+    stream_client, Frame, InProcess as Server, RawSse, Reply, Server as Binary, Sse, Upstream,
+    BIG_BLOB, CLIENT_TIMEOUT,
+};
 
-// ---------------------------------------------------------------------------
-// Support: servers, upstream, clients.
-// ---------------------------------------------------------------------------
-
-/// The server in-process, on 127.0.0.1:0 with a fresh data dir.
-struct Server {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-    dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start(tweak: impl FnOnce(&mut Config)) -> Server {
-        Server::launch(tweak, false).await
-    }
-
-    /// With `demo`, also the built-in demo upstream and resource.
-    async fn launch(tweak: impl FnOnce(&mut Config), demo: bool) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut config = Config {
-            data_dir: dir.path().join("data"),
-            ..Config::default()
-        };
-        tweak(&mut config);
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(patchfeed::app::serve(
-            config,
-            demo,
-            listener,
-            shutdown.clone(),
-        ));
-        Server {
-            addr,
-            shutdown,
-            task,
-            dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Shuts down and checks the server stopped cleanly and in time.
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let r = tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("server stops within 15 s")
-            .expect("server task did not panic");
-        r.expect("server ends without error");
-    }
-}
-
-/// A real upstream on loopback. `/doc` serves `{"n": <count>}`, `/big`
-/// serves a document whose `blob` of `BIG_BLOB` bytes changes on every
-/// request, `/redirect?to=URL` answers 302 to URL, `/loop` redirects to
-/// itself. `hits` counts every
-/// request on any path: the guard tests check it stays 0.
-struct Upstream {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-}
-
-const BIG_BLOB: usize = 128 * 1024;
-
-impl Upstream {
-    async fn start() -> Upstream {
-        let hits = Arc::new(AtomicUsize::new(0));
-        let served = Arc::new(AtomicUsize::new(0));
-        let big = served.clone();
-        let app = axum::Router::new()
-            .route(
-                "/doc",
-                get(move || {
-                    let n = served.fetch_add(1, SeqCst) + 1;
-                    async move { axum::Json(json!({ "n": n })) }
-                }),
-            )
-            .route(
-                "/big",
-                get(move || {
-                    let n = big.fetch_add(1, SeqCst) + 1;
-                    async move { axum::Json(json!({ "n": n, "blob": blob(n) })) }
-                }),
-            )
-            .route(
-                "/loop",
-                get(|| async {
-                    (StatusCode::FOUND, [(header::LOCATION, "/loop")]).into_response()
-                }),
-            )
-            .route(
-                "/redirect",
-                get(|Query(q): Query<HashMap<String, String>>| async move {
-                    let to = q.get("to").cloned().unwrap_or_default();
-                    (StatusCode::FOUND, [(header::LOCATION, to)]).into_response()
-                }),
-            )
-            .layer(axum::middleware::map_request({
-                let hits = hits.clone();
-                move |req: axum::extract::Request| {
-                    hits.fetch_add(1, SeqCst);
-                    async move { req }
-                }
-            }));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Upstream { addr, hits }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(SeqCst)
-    }
-}
-
-/// `BIG_BLOB` bytes that differ completely from one `n` to the next.
-fn blob(n: usize) -> String {
-    let mut x = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..BIG_BLOB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect()
-}
-
-/// A body for an assertion message: lossy text, cut at 300 characters.
-fn shown(body: &[u8]) -> String {
-    String::from_utf8_lossy(body).chars().take(300).collect()
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(CLIENT_TIMEOUT)
-        .no_proxy()
-        .build()
-        .expect("client")
-}
-
-/// For event streams, which outlive any whole-request timeout: each read
-/// has the deadline instead.
-fn stream_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(CLIENT_TIMEOUT)
-        .read_timeout(CLIENT_TIMEOUT)
-        .no_proxy()
-        .build()
-        .expect("client")
-}
-
-/// A response, read whole.
-struct Reply {
-    status: u16,
-    /// Lower-cased header names.
-    headers: HashMap<String, String>,
-    body: Bytes,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "status {}: body is not JSON ({e}): {:?}",
-                self.status,
-                shown(&self.body)
-            )
-        })
-    }
-
-    /// Asserts the contract's error shape and the status; returns the code
-    /// and message.
-    fn error(&self, status: u16) -> (String, String) {
-        assert_eq!(self.status, status, "body {:?}", shown(&self.body));
-        assert!(
-            self.headers
-                .get("content-type")
-                .is_some_and(|c| c.starts_with("application/json")),
-            "status {status}: content-type {:?}",
-            self.headers.get("content-type")
-        );
-        let v = self.json();
-        let err = v
-            .as_object()
-            .filter(|o| o.len() == 1)
-            .and_then(|o| o.get("error"))
-            .and_then(Value::as_object)
-            .unwrap_or_else(|| panic!("not the error shape: {v}"));
-        assert_eq!(err.len(), 2, "error has exactly code and message: {v}");
-        let code = err["code"].as_str().expect("code is a string").to_owned();
-        let message = err["message"]
-            .as_str()
-            .expect("message is a string")
-            .to_owned();
-        assert!(
-            !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
-            "code {code:?} is snake_case"
-        );
-        assert!(!message.is_empty());
-        (code, message)
-    }
-
-    fn error_code(&self, status: u16, code: &str) -> String {
-        let (c, m) = self.error(status);
-        assert_eq!(c, code, "message {m:?}");
-        m
-    }
-}
-
-async fn send(req: reqwest::RequestBuilder) -> Reply {
-    let resp = req.send().await.expect("request completes");
-    let status = resp.status().as_u16();
-    let headers = resp
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    let body = resp.bytes().await.expect("body");
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
-/// Sends raw bytes, reads until the server closes, parses the response.
-/// `None` if the server closed without answering.
-async fn raw(addr: SocketAddr, request: &[u8]) -> Option<Reply> {
-    let bytes = tokio::time::timeout(CLIENT_TIMEOUT, async {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
-        // The server may answer and close before reading all of it.
-        let _ = s.write_all(request).await;
-        read_to_close(&mut s).await
-    })
-    .await
-    .expect("raw request answered or closed in time");
-    parse_reply(&bytes)
-}
-
-/// Everything until EOF or a reset (whatever arrived before it counts).
-async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// Status and lower-cased headers of a response head; `None` until the
-/// head is complete. Also returns where the body starts.
-fn parse_head(bytes: &[u8]) -> Option<(u16, HashMap<String, String>, usize)> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&bytes[..end]).expect("ASCII head");
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()?
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Some((status, headers, end + 4))
-}
-
-fn parse_reply(bytes: &[u8]) -> Option<Reply> {
-    let (status, headers, start) = parse_head(bytes)?;
-    let rest = &bytes[start..];
-    let body = match headers.get("content-length") {
-        Some(n) => {
-            let n: usize = n.parse().expect("content-length");
-            assert!(rest.len() >= n, "body cut short");
-            Bytes::copy_from_slice(&rest[..n])
-        }
-        None => Bytes::copy_from_slice(rest),
-    };
-    Some(Reply {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// One complete response on a kept-alive connection (Content-Length
-/// framing, which every non-streaming response of ours has).
-async fn read_one(s: &mut TcpStream) -> Reply {
-    tokio::time::timeout(CLIENT_TIMEOUT, async {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            if let Some((_, headers, start)) = parse_head(&got) {
-                let len: usize = headers
-                    .get("content-length")
-                    .and_then(|n| n.parse().ok())
-                    .expect("content-length");
-                if got.len() >= start + len {
-                    return parse_reply(&got[..start + len]).expect("reply");
-                }
-            }
-            let n = s.read(&mut buf).await.expect("read");
-            assert!(n > 0, "connection closed mid-response");
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .expect("response in time")
-}
-
-/// One SSE frame.
-#[derive(Debug)]
-struct Frame {
-    event: String,
-    id: Option<String>,
-    data: String,
-}
-
-/// A reading SSE client on reqwest.
-struct Sse {
-    body: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
-    buf: Vec<u8>,
-}
-
-impl Sse {
-    async fn open(req: reqwest::RequestBuilder) -> Sse {
-        let resp = req.send().await.expect("stream opens");
-        assert_eq!(resp.status(), 200);
-        assert_eq!(
-            resp.headers()[header::CONTENT_TYPE.as_str()],
-            "text/event-stream"
-        );
-        Sse {
-            body: Box::pin(resp.bytes_stream()),
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next frame with an `event:` (skips `retry:` and comments).
-    async fn next(&mut self, within: Duration) -> Frame {
-        tokio::time::timeout(within, async {
-            loop {
-                if let Some(f) = take_frame(&mut self.buf) {
-                    return f;
-                }
-                let chunk = self
-                    .body
-                    .next()
-                    .await
-                    .expect("stream still open")
-                    .expect("stream chunk");
-                self.buf.extend_from_slice(&chunk);
-            }
-        })
-        .await
-        .expect("an SSE frame in time")
-    }
-}
-
-/// Takes the next frame with an `event:` off the front of `buf`, dropping
-/// `retry:` and comment blocks before it.
-fn take_frame(buf: &mut Vec<u8>) -> Option<Frame> {
-    while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-        let block: Vec<u8> = buf.drain(..end + 2).collect();
-        let text = String::from_utf8(block).expect("UTF-8 frame");
-        let mut f = Frame {
-            event: String::new(),
-            id: None,
-            data: String::new(),
-        };
-        for line in text.lines() {
-            if let Some(v) = line.strip_prefix("event: ") {
-                f.event = v.to_owned();
-            } else if let Some(v) = line.strip_prefix("id: ") {
-                f.id = Some(v.to_owned());
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                f.data = v.to_owned();
-            }
-        }
-        if !f.event.is_empty() {
-            return Some(f);
-        }
-    }
-    None
-}
-
-/// An SSE client on a raw socket, which reads only when asked to: HTTP/1.1
-/// chunked framing decoded by hand.
-struct RawSse {
-    conn: TcpStream,
-    /// Bytes off the wire not yet decoded.
-    wire: Vec<u8>,
-    head_done: bool,
-    /// Decoded body bytes not yet parsed into frames.
-    body: Vec<u8>,
-}
-
-impl RawSse {
-    /// Connects with a 16 KiB receive buffer and asks for `path`; reads
-    /// nothing yet.
-    async fn request(addr: SocketAddr, path: &str) -> RawSse {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
-        let mut conn = socket.connect(addr).await.expect("connect");
-        conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .await
-            .expect("write");
-        RawSse {
-            conn,
-            wire: Vec::new(),
-            head_done: false,
-            body: Vec::new(),
-        }
-    }
-
-    async fn next(&mut self, within: Duration) -> Frame {
-        tokio::time::timeout(within, async {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                if let Some(f) = take_frame(&mut self.body) {
-                    return f;
-                }
-                if !self.head_done {
-                    if let Some((status, headers, start)) = parse_head(&self.wire) {
-                        assert_eq!(status, 200);
-                        assert_eq!(headers["transfer-encoding"], "chunked");
-                        self.wire.drain(..start);
-                        self.head_done = true;
-                        continue;
-                    }
-                } else if let Some(used) = take_chunk(&self.wire, &mut self.body) {
-                    self.wire.drain(..used);
-                    continue;
-                }
-                let n = self.conn.read(&mut buf).await.expect("read");
-                assert!(n > 0, "stream ended");
-                self.wire.extend_from_slice(&buf[..n]);
-            }
-        })
-        .await
-        .expect("an SSE frame in time")
-    }
-}
-
-/// Decodes one HTTP/1.1 chunk from the front of `wire` into `out`; the
-/// number of wire bytes it took, or `None` if it is incomplete.
-fn take_chunk(wire: &[u8], out: &mut Vec<u8>) -> Option<usize> {
-    let line = wire.windows(2).position(|w| w == b"\r\n")?;
-    let size = std::str::from_utf8(&wire[..line]).expect("chunk size line");
-    let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-        .expect("hex chunk size");
-    assert!(size > 0, "stream ended");
-    let end = line + 2 + size + 2;
-    if wire.len() < end {
-        return None;
-    }
-    out.extend_from_slice(&wire[line + 2..line + 2 + size]);
-    Some(end)
+/// The upstream of these tests: `/doc` serves one small document.
+async fn upstream() -> Upstream {
+    Upstream::start(json!({ "n": 1 })).await
 }
 
 /// Creates a resource through the API; panics unless 201.
@@ -534,142 +59,19 @@ async fn resource_ids(c: &reqwest::Client, base: &str) -> Vec<String> {
         .collect()
 }
 
-/// Polls `f` every 50 ms until it returns `Some`, for at most `within`.
-async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The real binary, with its stderr in a file and stdout's announce line
-/// giving the address.
-struct Binary {
-    child: tokio::process::Child,
-    addr: SocketAddr,
-    stderr: PathBuf,
-    _stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
-    _dir: tempfile::TempDir,
-}
-
-impl Binary {
-    async fn start(config: &str, env: &[(&str, &str)]) -> Binary {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config_path = dir.path().join("patchfeed.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let stderr = dir.path().join("stderr.log");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_patchfeed"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env_remove("RUST_LOG")
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().expect("spawn patchfeed");
-        let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        tokio::time::timeout(CLIENT_TIMEOUT, stdout.read_line(&mut line))
-            .await
-            .expect("announce line in time")
-            .expect("read stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("patchfeed listening on http://")
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {line:?}; stderr: {}",
-                    std::fs::read_to_string(&stderr).unwrap_or_default()
-                )
-            })
-            .parse()
-            .expect("address");
-        Binary {
-            child,
-            addr,
-            stderr,
-            _stdout: stdout,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Resident set size now, in KiB, from /proc.
-    fn rss_kib(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
-    }
-
-    /// Peak resident set size so far, in KiB.
-    fn rss_peak_kib(&self) -> u64 {
-        let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM")
-    }
-
-    /// SIGTERM, wait for a clean exit, and return stderr, which must not
-    /// show a panic.
-    async fn stop(mut self) -> String {
-        let pid = self.child.id().expect("running");
-        let killed = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(killed.success());
-        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .expect("exits within 15 s of SIGTERM")
-            .expect("wait");
-        let log = std::fs::read_to_string(&self.stderr).expect("stderr");
-        assert!(!log.contains("panicked"), "the server panicked:\n{log}");
-        assert!(status.success(), "exit status {status}; stderr:\n{log}");
-        log
-    }
-}
-
 // ---------------------------------------------------------------------------
 // 3. Bad client input.
 // ---------------------------------------------------------------------------
 
 /// A server with one resource `r` on a loopback upstream.
 async fn server_with_resource() -> (Server, Upstream, reqwest::Client) {
-    let up = Upstream::start().await;
+    let up = upstream().await;
     let s = Server::start(|c| c.allow_private_upstreams = true).await;
     let c = client();
     create(
         &c,
         &s.url(""),
-        json!({"id": "r", "url": up.url("/doc"), "interval_ms": 1000}),
+        json!({"id": "r", "url": up.url_for("/doc"), "interval_ms": 1000}),
         None,
     )
     .await;
@@ -1147,14 +549,6 @@ async fn malformed_resource_bodies_are_400_or_422_json_and_create_nothing() {
 
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
 
-/// One metric's value from `/metrics`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} in:\n{text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_get_a_json_503_and_the_server_recovers() {
     const LIMIT: usize = 50;
@@ -1299,7 +693,7 @@ fn read_until(mut sse: Sse, stop: CancellationToken) -> JoinHandle<Vec<Frame>> {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return frames,
-                f = sse.next(CLIENT_TIMEOUT) => frames.push(f),
+                f = sse.frame(CLIENT_TIMEOUT) => frames.push(f),
             }
         }
     })
@@ -1308,8 +702,8 @@ fn read_until(mut sse: Sse, stop: CancellationToken) -> JoinHandle<Vec<Frame>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_clients_that_never_read_cost_bounded_memory_and_slow_no_one() {
     const STALLED: usize = 20;
-    let up = Upstream::start().await;
-    let server = Binary::start(
+    let up = upstream().await;
+    let server = Binary::start_with_env(
         &format!(
             r#"
             allow_private_upstreams = true
@@ -1322,15 +716,14 @@ async fn sse_clients_that_never_read_cost_bounded_memory_and_slow_no_one() {
             snapshot_every = 10
             retain = "forever"
             "#,
-            up.url("/big")
+            up.url_for("/big")
         ),
         &[],
-    )
-    .await;
+    );
     let c = client();
     let streams = stream_client();
     let events = server.url("/v1/resources/fast/events");
-    let reader = Sse::open(streams.get(&events)).await;
+    let reader = Sse::open_request(streams.get(&events)).await;
     let stop = CancellationToken::new();
     let reading = read_until(reader, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -1359,8 +752,8 @@ async fn sse_clients_that_never_read_cost_bounded_memory_and_slow_no_one() {
         assert_eq!(r.status, 200);
         assert!(r.body.len() > BIG_BLOB);
         if round == 8 {
-            let mut sse = Sse::open(streams.get(&events)).await;
-            let snapshot = sse.next(CLIENT_TIMEOUT).await;
+            let mut sse = Sse::open_request(streams.get(&events)).await;
+            let snapshot = sse.frame(CLIENT_TIMEOUT).await;
             assert_eq!(snapshot.event, "snapshot");
             newcomer = Some(read_until_with(sse, snapshot, stop.clone()));
         }
@@ -1500,8 +893,8 @@ fn read_until_with(sse: Sse, first: Frame, stop: CancellationToken) -> JoinHandl
 
 #[tokio::test]
 async fn extreme_but_valid_settings_do_not_break_the_server() {
-    let up = Upstream::start().await;
-    let server = Binary::start("allow_private_upstreams = true\n", &[]).await;
+    let up = upstream().await;
+    let server = Binary::start_with_env("allow_private_upstreams = true\n", &[]);
     let c = client();
     // The largest values the body allows: accepted (they are not invalid),
     // and must not overflow anything when used.
@@ -1510,7 +903,7 @@ async fn extreme_but_valid_settings_do_not_break_the_server() {
         &server.url(""),
         json!({
             "id": "huge",
-            "url": up.url("/doc"),
+            "url": up.url_for("/doc"),
             "interval_ms": u64::MAX,
             "retain": u64::MAX,
             "snapshot_every": 100_000,
@@ -1528,8 +921,9 @@ async fn extreme_but_valid_settings_do_not_break_the_server() {
     // The poller is now waiting for its next turn (in ~585 million years);
     // the server still answers, streams, and shuts down cleanly.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut sse = Sse::open(stream_client().get(server.url("/v1/resources/huge/events"))).await;
-    assert_eq!(sse.next(CLIENT_TIMEOUT).await.event, "snapshot");
+    let mut sse =
+        Sse::open_request(stream_client().get(server.url("/v1/resources/huge/events"))).await;
+    assert_eq!(sse.frame(CLIENT_TIMEOUT).await.event, "snapshot");
     let r = send(c.get(&url)).await;
     assert_eq!(r.status, 200);
     assert!(r.json()["last_error"].is_null());
@@ -1543,7 +937,7 @@ async fn extreme_but_valid_settings_do_not_break_the_server() {
 
 #[tokio::test]
 async fn the_guard_refuses_private_addresses_and_other_schemes_at_creation() {
-    let up = Upstream::start().await;
+    let up = upstream().await;
     let s = Server::start(|_| {}).await;
     let c = client();
     let port = up.addr.port();
@@ -1610,7 +1004,7 @@ async fn the_guard_refuses_private_addresses_and_other_schemes_at_creation() {
 
 #[tokio::test]
 async fn names_resolving_to_loopback_are_blocked_without_connecting() {
-    let up = Upstream::start().await;
+    let up = upstream().await;
     let s = Server::start(|_| {}).await;
     let c = client();
     let port = up.addr.port();
@@ -1625,8 +1019,9 @@ async fn names_resolving_to_loopback_are_blocked_without_connecting() {
         // The stream reports the refusal as an upstream error, before any
         // snapshot (there is none).
         let mut sse =
-            Sse::open(stream_client().get(s.url(&format!("/v1/resources/{id}/events")))).await;
-        let f = sse.next(CLIENT_TIMEOUT).await;
+            Sse::open_request(stream_client().get(s.url(&format!("/v1/resources/{id}/events"))))
+                .await;
+        let f = sse.frame(CLIENT_TIMEOUT).await;
         assert_eq!(f.event, "error", "{f:?}");
         assert!(f.id.is_none());
         let data: Value = serde_json::from_str(&f.data).expect("error JSON");
@@ -1661,7 +1056,7 @@ async fn last_error_code(c: &reqwest::Client, url: &str) -> String {
 
 #[tokio::test]
 async fn the_guard_has_no_back_doors_through_config_or_the_demo() {
-    let up = Upstream::start().await;
+    let up = upstream().await;
     let port = up.addr.port();
     let s = Server::launch(
         |c| {
@@ -1686,8 +1081,8 @@ async fn the_guard_has_no_back_doors_through_config_or_the_demo() {
         "blocked"
     );
     // The demo is exempt (the operator asked for it with --demo)...
-    let mut sse = Sse::open(stream_client().get(s.url("/v1/resources/demo/events"))).await;
-    assert_eq!(sse.next(CLIENT_TIMEOUT).await.event, "snapshot");
+    let mut sse = Sse::open_request(stream_client().get(s.url("/v1/resources/demo/events"))).await;
+    assert_eq!(sse.frame(CLIENT_TIMEOUT).await.event, "snapshot");
     drop(sse);
     // ...but a client that deletes it and takes its id does not inherit
     // the exemption.
@@ -1711,7 +1106,7 @@ async fn the_guard_has_no_back_doors_through_config_or_the_demo() {
 
 #[tokio::test]
 async fn allow_private_upstreams_lifts_the_guard_but_not_the_scheme_check() {
-    let up = Upstream::start().await;
+    let up = upstream().await;
     let s = Server::start(|c| c.allow_private_upstreams = true).await;
     let c = client();
     let port = up.addr.port();
@@ -1728,8 +1123,9 @@ async fn allow_private_upstreams_lifts_the_guard_but_not_the_scheme_check() {
         )
         .await;
         let mut sse =
-            Sse::open(stream_client().get(s.url(&format!("/v1/resources/{id}/events")))).await;
-        let f = sse.next(CLIENT_TIMEOUT).await;
+            Sse::open_request(stream_client().get(s.url(&format!("/v1/resources/{id}/events"))))
+                .await;
+        let f = sse.frame(CLIENT_TIMEOUT).await;
         assert_eq!(f.event, "snapshot", "{id}: {f:?}");
     }
     assert!(up.hits() >= 3);
@@ -1746,7 +1142,7 @@ async fn allow_private_upstreams_lifts_the_guard_but_not_the_scheme_check() {
 #[tokio::test]
 async fn a_redirect_to_a_refused_host_is_not_followed() {
     use patchfeed::poll::fetch::{FetchConfig, FetchError, Fetched, Fetcher, Validators};
-    let up = Upstream::start().await;
+    let up = upstream().await;
     let port = up.addr.port();
     let fetcher = |allowed: &str| {
         Fetcher::new(FetchConfig {
@@ -1875,7 +1271,7 @@ async fn probe(req: reqwest::RequestBuilder) -> Reply {
 /// A server with `token` and `read_token`, and a resource `r` that has a
 /// first version.
 async fn server_with_tokens() -> (Server, Upstream) {
-    let up = Upstream::start().await;
+    let up = upstream().await;
     let s = Server::start(|c| {
         c.allow_private_upstreams = true;
         c.token = Some(TOKEN.into());
@@ -1886,7 +1282,7 @@ async fn server_with_tokens() -> (Server, Upstream) {
     create(
         &c,
         &s.url(""),
-        json!({"id": "r", "url": up.url("/doc"), "interval_ms": 1000}),
+        json!({"id": "r", "url": up.url_for("/doc"), "interval_ms": 1000}),
         Some(TOKEN),
     )
     .await;
@@ -1930,7 +1326,7 @@ fn request(
     let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
     let req = c.request(m.clone(), s.url(path));
     if m == reqwest::Method::POST {
-        req.json(&json!({"url": up.url("/doc")}))
+        req.json(&json!({"url": up.url_for("/doc")}))
     } else {
         req
     }
@@ -2043,11 +1439,12 @@ async fn a_read_token_reads_and_subscribes_but_cannot_write() {
             let reply = probe(auth(c.get(at(path)))).await;
             assert_eq!(reply.status, status, "GET {path} via {key:?}");
         }
-        let mut sse = Sse::open(auth(c.get(at("/v1/resources/r/events")))).await;
-        assert_eq!(sse.next(CLIENT_TIMEOUT).await.event, "snapshot");
+        let mut sse = Sse::open_request(auth(c.get(at("/v1/resources/r/events")))).await;
+        assert_eq!(sse.frame(CLIENT_TIMEOUT).await.event, "snapshot");
 
         let reply = probe(
-            auth(c.post(at("/v1/resources"))).json(&json!({"id": "new", "url": up.url("/doc")})),
+            auth(c.post(at("/v1/resources")))
+                .json(&json!({"id": "new", "url": up.url_for("/doc")})),
         )
         .await;
         reply.error_code(403, "forbidden");
@@ -2065,7 +1462,7 @@ async fn a_read_token_reads_and_subscribes_but_cannot_write() {
     create(
         &client(),
         &s.url(""),
-        json!({"id": "new", "url": up.url("/doc")}),
+        json!({"id": "new", "url": up.url_for("/doc")}),
         Some(TOKEN),
     )
     .await;
@@ -2107,8 +1504,8 @@ async fn tokens_never_reach_the_log_even_at_trace_level() {
     const READ: &str = "read-TOKEN-Kp4xV2nJ";
     const WRONG: &str = "wrong-TOKEN-Ua7cB1sE";
     const UPSTREAM_SECRET: &str = "upstream-SECRET-Hd9fT6yM";
-    let up = Upstream::start().await;
-    let server = Binary::start(
+    let up = upstream().await;
+    let server = Binary::start_with_env(
         &format!(
             r#"
             allow_private_upstreams = true
@@ -2120,11 +1517,10 @@ async fn tokens_never_reach_the_log_even_at_trace_level() {
             interval = "200ms"
             headers = {{ Authorization = "Bearer {UPSTREAM_SECRET}" }}
             "#,
-            up.url("/doc")
+            up.url_for("/doc")
         ),
         &[("RUST_LOG", "trace")],
-    )
-    .await;
+    );
     let c = stream_client();
     let u = |path: &str| server.url(path);
     // Every way of presenting each token, on streams, documents, writes,
@@ -2146,7 +1542,7 @@ async fn tokens_never_reach_the_log_even_at_trace_level() {
         probe(
             c.post(u("/v1/resources"))
                 .bearer_auth(token)
-                .json(&json!({"url": up.url("/doc")})),
+                .json(&json!({"url": up.url_for("/doc")})),
         )
         .await;
         probe(c.delete(u(&format!("/v1/resources/gone?access_token={token}")))).await;
@@ -2156,11 +1552,8 @@ async fn tokens_never_reach_the_log_even_at_trace_level() {
         ] {
             let resp = c.get(u(&events)).send().await.expect("stream request");
             if resp.status() == 200 {
-                let mut sse = Sse {
-                    body: Box::pin(resp.bytes_stream()),
-                    buf: Vec::new(),
-                };
-                sse.next(CLIENT_TIMEOUT).await;
+                let mut sse = Sse::from_response(resp);
+                sse.frame(CLIENT_TIMEOUT).await;
             }
         }
     }

@@ -3,106 +3,37 @@
 //! forever, tokio-rs/axum#2673), the process exits 0 within the grace
 //! period, and a restart on the same data dir has every event.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
 
-#[path = "common/binary.rs"]
-mod binary;
+mod common;
 
-const WAIT: Duration = Duration::from_secs(20);
-
-fn start(dir: &std::path::Path) -> (Child, String) {
-    binary::spawn_announced(
-        Command::new(env!("CARGO_BIN_EXE_patchfeed"))
-            .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .stderr(Stdio::null()),
-    )
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server did not exit within {WAIT:?} of the signal");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Ids of `patch`/`snapshot` events in an SSE text.
-fn ids(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .map(str::to_owned)
-        .collect()
-}
+use common::{client, Server, Sse, WAIT};
 
 async fn shutdown_ends_streams(sig: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = start(dir.path());
-    let client = reqwest::Client::new();
+    let mut s = Server::start_with("", &[], &["--demo"]);
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let r = client
-            .get(format!("{base}/v1/resources/demo/events"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        streams.push(r);
+        streams.push(Sse::open(&s.url("/v1/resources/demo/events"), None).await);
     }
     // Let every stream get the snapshot and at least one patch.
-    let mut texts = vec![String::new(); streams.len()];
-    let deadline = Instant::now() + WAIT;
-    for (r, text) in streams.iter_mut().zip(texts.iter_mut()) {
-        while !text.contains("event: patch") {
-            assert!(
-                Instant::now() < deadline,
-                "no patch from the demo: {text:?}"
-            );
-            let chunk = tokio::time::timeout(WAIT, r.chunk())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            text.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
+    for sse in &mut streams {
+        sse.until_event("patch").await;
     }
 
-    signal(&child, sig);
-    // Every stream ends cleanly (the body completes, no error).
-    for (r, text) in streams.iter_mut().zip(texts.iter_mut()) {
-        loop {
-            match tokio::time::timeout(WAIT, r.chunk()).await {
-                Ok(Ok(Some(chunk))) => text.push_str(std::str::from_utf8(&chunk).unwrap()),
-                Ok(Ok(None)) => break,
-                Ok(Err(e)) => panic!("stream broke instead of ending: {e}"),
-                Err(_) => panic!("stream still open {WAIT:?} after {sig}"),
-            }
-        }
+    s.signal(sig);
+    // Every stream ends cleanly (the body completes, no error: a broken
+    // stream fails `next`).
+    for sse in &mut streams {
+        while sse.next(WAIT).await.is_some() {}
+        assert!(sse.ended, "stream still open {WAIT:?} after {sig}");
     }
-    let status = wait_exit(&mut child);
+    let status = s.wait_exit(WAIT).await;
     assert!(status.success(), "exit status {status}");
 
     // Everything any client saw is in the log after a restart.
-    let (mut child, base) = start(dir.path());
-    let history: Value = client
-        .get(format!("{base}/v1/resources/demo/history?limit=1000"))
+    s.restart();
+    let history: Value = client()
+        .get(s.url("/v1/resources/demo/history?limit=1000"))
         .send()
         .await
         .unwrap()
@@ -115,16 +46,15 @@ async fn shutdown_ends_streams(sig: &str) {
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
         .collect();
-    for text in &texts {
-        for id in ids(text) {
+    for sse in &streams {
+        for id in sse.frames.iter().filter_map(|f| f.id.clone()) {
             assert!(
                 stored.contains(&id),
                 "event {id} was sent but is not in the log after restart"
             );
         }
     }
-    signal(&child, "-TERM");
-    assert!(wait_exit(&mut child).success());
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,18 +15,14 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use serde_json::{json, Value};
 
-#[path = "common/binary.rs"]
-mod binary;
+mod common;
+
+use common::{client, Mode, Server, Sse, Upstream};
 
 const TOKEN: &str = "sdk-test-token";
 const WAIT: Duration = Duration::from_secs(20);
@@ -67,87 +63,10 @@ fn doc(i: usize) -> Value {
     })
 }
 
-#[derive(Default)]
-struct Upstream {
-    version: usize,
-    failing: Option<u16>,
-    /// The `X-Api-Key` header of the last request.
-    api_key: Option<String>,
-}
-
-type Shared = Arc<Mutex<Upstream>>;
-
-async fn serve_doc(State(s): State<Shared>, headers: HeaderMap) -> Response {
-    let mut u = s.lock().unwrap();
-    u.api_key = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(code) = u.failing {
-        return (StatusCode::from_u16(code).unwrap(), "upstream down").into_response();
-    }
-    let etag = format!("\"v{}\"", u.version);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        == Some(etag.as_str())
-    {
-        return StatusCode::NOT_MODIFIED.into_response();
-    }
-    (
-        [
-            (header::CONTENT_TYPE, "application/json".to_string()),
-            (header::ETAG, etag),
-        ],
-        doc(u.version).to_string(),
-    )
-        .into_response()
-}
-
-async fn start_upstream() -> (SocketAddr, Shared) {
-    let state: Shared = Arc::default();
-    let app = Router::new()
-        .route("/ticker", get(serve_doc))
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, state)
-}
-
-/// The real binary on a temp data dir; killed (by pid) on drop.
-struct Server {
-    child: Child,
-    base: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(config: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("patchfeed.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let (child, base) = binary::spawn_announced(
-            Command::new(env!("CARGO_BIN_EXE_patchfeed"))
-                .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-                .arg(&cfg)
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .stderr(Stdio::null()),
-        );
-        Server {
-            child,
-            base,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The upstream: `/doc` serves `doc(v)` for version v.
+async fn start_upstream() -> (SocketAddr, Upstream) {
+    let up = Upstream::start(doc(0)).await;
+    (up.addr, up)
 }
 
 /// A running `client.js`: its callback lines, in order.
@@ -234,8 +153,8 @@ impl Drop for SdkApp {
     }
 }
 
-fn set_version(up: &Shared, v: usize) {
-    up.lock().unwrap().version = v;
+fn set_version(up: &Upstream, v: usize) {
+    up.set(doc(v));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +163,7 @@ async fn sdk_through_the_root_alias_with_an_ad_hoc_proxy_resource() {
     let server = Server::start(&format!(
         "allow_private_upstreams = true\ntoken = \"{TOKEN}\"\n[proxy]\nenabled = true\ninterval = \"100ms\"\nidle = \"1m\"\n"
     ));
-    let url = format!("http://{addr}/ticker?cur=EUR");
+    let url = format!("http://{addr}/doc?cur=EUR");
     let mut app = SdkApp::start("root", &server.base, &url, TOKEN, &["X-Api-Key: k-123"]);
 
     let data = app.expect("data");
@@ -263,10 +182,10 @@ async fn sdk_through_the_root_alias_with_an_ad_hoc_proxy_resource() {
         app.seen
     );
     // The X-Sd-Header reached the upstream; the query did not carry ours.
-    assert_eq!(up.lock().unwrap().api_key.as_deref(), Some("k-123"));
+    assert_eq!(up.last_header("x-api-key").as_deref(), Some("k-123"));
 
     // The ad-hoc resource is listed, without header values, and counted.
-    let client = reqwest::Client::new();
+    let client = client();
     let list: Value = client
         .get(format!("{}/v1/resources", server.base))
         .bearer_auth(TOKEN)
@@ -297,7 +216,7 @@ async fn sdk_through_the_root_alias_with_an_ad_hoc_proxy_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_through_the_prefix_route_sees_upstream_errors_then_recovers() {
     let (addr, up) = start_upstream().await;
-    let url = format!("http://{addr}/ticker");
+    let url = format!("http://{addr}/doc");
     let server = Server::start(&format!(
         "allow_private_upstreams = true\ntoken = \"{TOKEN}\"\n[[resource]]\nid = \"ticker\"\nurl = \"{url}\"\ninterval = \"100ms\"\n"
     ));
@@ -306,17 +225,13 @@ async fn sdk_through_the_prefix_route_sees_upstream_errors_then_recovers() {
     set_version(&up, 1);
     assert_eq!(app.expect("patch")["doc"], doc(1));
 
-    up.lock().unwrap().failing = Some(503);
+    up.mode(Mode::Status(503));
     let e = app.expect("error");
     assert_eq!(e["type"], "upstream_status", "{e}");
     assert_eq!(e["status"], 503, "{e}");
     assert_eq!(e["source"], "server", "{e}");
     // Errors repeat while it fails; then it heals with a change.
-    {
-        let mut u = up.lock().unwrap();
-        u.failing = None;
-        u.version = 2;
-    }
+    set_version(&up, 2);
     let p = loop {
         let v = app
             .next(WAIT)
@@ -339,7 +254,7 @@ async fn sdk_through_the_prefix_route_sees_upstream_errors_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_token_or_an_unknown_url_never_yields_data() {
     let (addr, _up) = start_upstream().await;
-    let url = format!("http://{addr}/ticker");
+    let url = format!("http://{addr}/doc");
     let server = Server::start(&format!(
         "allow_private_upstreams = true\ntoken = \"{TOKEN}\"\n[[resource]]\nid = \"ticker\"\nurl = \"{url}\"\ninterval = \"100ms\"\n"
     ));
@@ -352,7 +267,7 @@ async fn a_wrong_token_or_an_unknown_url_never_yields_data() {
     assert_eq!(app.count("data") + app.count("patch"), 0);
 
     // What the SDK saw, seen by a plain client: JSON 401 with CORS.
-    let client = reqwest::Client::new();
+    let client = client();
     let r = client
         .get(format!("{}/streamdata/{url}?X-Sd-Token=wrong", server.base))
         .send()
@@ -394,35 +309,24 @@ async fn an_idle_ad_hoc_resource_is_removed_and_a_private_url_is_refused() {
     let server = Server::start(
         "allow_private_upstreams = true\n[proxy]\nenabled = true\ninterval = \"100ms\"\nidle = \"400ms\"\n",
     );
-    let client = reqwest::Client::new();
-    let url = format!("http://{addr}/ticker");
-    let mut resp = client
-        .get(format!("{}/streamdata/{url}", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let client = client();
+    let url = format!("http://{addr}/doc");
+    let mut sse = Sse::open(&format!("{}/streamdata/{url}", server.base), None).await;
     // Read until the whole `data` event arrived (ASCII-only on this route).
     let mut text = String::new();
-    let deadline = Instant::now() + WAIT;
-    while !text.contains("event: data")
-        || !text.contains("\n\n")
-        || !text.split("event: data").nth(1).unwrap().contains("\n\n")
-    {
-        assert!(Instant::now() < deadline, "no data event: {text:?}");
-        let chunk = tokio::time::timeout(WAIT, resp.chunk())
+    while !text.contains("event: data") {
+        let block = sse
+            .next_block(WAIT)
             .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
+            .unwrap_or_else(|| panic!("no data event: {text:?}"));
+        text.push_str(&block);
     }
     assert!(
         text.is_ascii(),
         "non-ASCII on the streamdata route: {text:?}"
     );
     assert!(text.contains("\\u00eb"), "ë must be escaped: {text:?}");
-    drop(resp);
+    drop(sse);
 
     let resources = || async {
         let v: Value = client

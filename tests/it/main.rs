@@ -2,13 +2,15 @@
 //! loopback upstream, real HTTP and SSE clients. One test crate (one
 //! build), one module per area.
 
-#[path = "../common/binary.rs"]
-mod binary;
+#[path = "../common/mod.rs"]
+mod common;
 mod crash_server;
 mod documents;
 mod edges;
 mod faults;
+mod inproc_api;
 mod openapi;
+mod paused;
 mod store_integrity;
 mod stream;
 mod support;

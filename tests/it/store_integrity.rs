@@ -243,7 +243,7 @@ fn spawn_on(data: &Path, config: &Path, stderr: &Path) -> (Proc, String) {
         .append(true)
         .open(stderr)
         .unwrap();
-    let (child, base) = crate::binary::spawn_announced(
+    let (child, base) = crate::support::binary::spawn_announced(
         Command::new(env!("CARGO_BIN_EXE_patchfeed"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(config)
