@@ -34,6 +34,8 @@ pub struct Sampled {
     pub proxy_resources: usize,
     /// Group-commit flushes of the log so far.
     pub log_flushes: u64,
+    /// Appends whose diff ran out of budget (a root `replace` instead).
+    pub diff_budget_exceeded: u64,
 }
 
 impl Metrics {
@@ -73,6 +75,11 @@ impl Metrics {
             "patchfeed_log_flushes_total",
             "Group-commit flushes (fsyncs) of the log; events appended per flush show how well appends share them.",
             &[("", s.log_flushes)],
+        );
+        counter(
+            "patchfeed_diff_budget_exceeded_total",
+            "Appends whose diff ran out of its work budget and were stored as one replace of the whole document.",
+            &[("", s.diff_budget_exceeded)],
         );
         counter(
             "patchfeed_append_errors_total",

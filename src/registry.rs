@@ -59,7 +59,8 @@ struct Running {
 
 pub struct Registry {
     /// Where pollers and appends run: a runtime of their own (see
-    /// `app::IngestRuntime`), so that fan-out work cannot delay them.
+    /// `app::IngestRuntime`), so that fan-out work cannot delay them. Their
+    /// CPU-heavy steps run on the blocking pool (`crate::cpu`).
     ingest: tokio::runtime::Handle,
     store: Store,
     hub: Arc<Hub>,

@@ -26,6 +26,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         resources_failing: state.registry.failing(),
         proxy_resources: state.registry.ad_hoc_count(),
         log_flushes: state.registry.store().flushes(),
+        diff_budget_exceeded: state.registry.store().diff_budget_exceeded(),
     };
     (
         [(

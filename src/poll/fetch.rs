@@ -336,8 +336,14 @@ impl Fetcher {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(FetchError::NotJson("the body is empty".into()));
         }
-        let doc: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| FetchError::NotJson(e.to_string()))?;
+        // A large body is parsed off the ingest thread (`cpu`).
+        let heavy = body.len() > crate::cpu::INLINE_BYTES;
+        let doc = crate::cpu::run(heavy, move || {
+            serde_json::from_slice::<serde_json::Value>(&body)
+        })
+        .await
+        .map_err(|e| FetchError::Body(e.to_string()))?
+        .map_err(|e| FetchError::NotJson(e.to_string()))?;
         Ok(Fetched::Document {
             doc,
             validators: got,

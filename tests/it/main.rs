@@ -7,5 +7,6 @@ mod binary;
 mod crash_server;
 mod documents;
 mod faults;
+mod ingest_isolation;
 mod stream;
 mod support;
