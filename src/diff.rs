@@ -13,17 +13,18 @@
 //!
 //! Cost is bounded by a budget of work units, counted, not timed, so the
 //! outcome is a function of the two documents: roughly one unit per node
-//! hashed, compared, cloned or visited, per Myers step, and per 32 bytes of
-//! string, path or serialized output. Nested arrays hash and compare their
+//! hashed, compared, cloned or visited, per Myers step, per 32 bytes of
+//! string or serialized output, and per byte of an op's path. Nested arrays hash and compare their
 //! subtrees once per level, so without it a document nested deep around a
 //! large array costs depth × size. [`budget`] gives every diff
 //! `WORK_PER_NODE` units per node of the two documents (plus
-//! `WORK_FLOOR`); past it the diff is one root `replace` of the whole new
+//! `WORK_FLOOR`; the nodes are counted only if a diff spends the floor);
+//! past it the diff is one root `replace` of the whole new
 //! document, which is always correct. Realistic changes spend a small
 //! fraction of it (`benches/diff.rs` prints the figures).
 //!
 //! Pure: no IO, no async. The rest of the crate sees only `diff`,
-//! `diff_within` and `apply`, so the algorithm can change without touching
+//! `diff_budgeted`, `diff_within` and `apply`, so the algorithm can change without touching
 //! callers.
 
 use std::hash::{Hash, Hasher};
@@ -64,7 +65,7 @@ pub struct Diffed {
 /// An RFC 6902 patch turning `prev` into `next`; empty when they are equal.
 /// Within the default [`budget`].
 pub fn diff(prev: &Value, next: &Value) -> Patch {
-    diff_within(prev, next, budget(prev, next)).patch
+    diff_budgeted(prev, next).patch
 }
 
 /// The default budget for diffing `prev` into `next`: `WORK_PER_NODE` per
@@ -74,18 +75,44 @@ pub fn budget(prev: &Value, next: &Value) -> u64 {
     WORK_FLOOR.saturating_add(WORK_PER_NODE.saturating_mul(nodes))
 }
 
+/// [`diff`], also saying whether the default [`budget`] ran out. The
+/// nodes are counted only once a diff has spent `WORK_FLOOR`, so a cheap
+/// diff of large documents does not pay for the count.
+pub fn diff_budgeted(prev: &Value, next: &Value) -> Diffed {
+    run(
+        prev,
+        next,
+        Budget {
+            left: WORK_FLOOR,
+            total: WORK_FLOOR,
+            grow: Some((prev, next)),
+        },
+    )
+}
+
 /// [`diff`] with an explicit budget of work units. Past it, the patch is
 /// `[{"op":"replace","path":"","value":next}]` (empty if the documents are
 /// equal).
 pub fn diff_within(prev: &Value, next: &Value, budget: u64) -> Diffed {
-    let mut left = Budget(budget);
+    run(
+        prev,
+        next,
+        Budget {
+            left: budget,
+            total: budget,
+            grow: None,
+        },
+    )
+}
+
+fn run(prev: &Value, next: &Value, mut budget: Budget<'_>) -> Diffed {
     let mut ops = Vec::new();
     let mut path = PointerBuf::root();
-    match diff_value(prev, next, &mut path, &mut ops, &mut left) {
+    match diff_value(prev, next, &mut path, &mut ops, &mut budget) {
         Ok(()) => Diffed {
             patch: Patch(ops),
             budget_exceeded: false,
-            work: budget - left.0,
+            work: budget.total - budget.left,
         },
         Err(Exceeded) => {
             drop(ops);
@@ -99,7 +126,7 @@ pub fn diff_within(prev: &Value, next: &Value, budget: u64) -> Diffed {
             Diffed {
                 patch: Patch(patch),
                 budget_exceeded: true,
-                work: budget,
+                work: budget.total,
             }
         }
     }
@@ -146,7 +173,14 @@ pub fn nodes_at_least(v: &Value, limit: u64) -> bool {
 }
 
 /// Work left; spending past it is `Exceeded`.
-struct Budget(u64);
+struct Budget<'a> {
+    left: u64,
+    /// Granted so far.
+    total: u64,
+    /// The documents whose `WORK_PER_NODE` share is granted when `left`
+    /// runs out (the default budget), counted only then.
+    grow: Option<(&'a Value, &'a Value)>,
+}
 
 /// The budget ran out.
 #[derive(Debug)]
@@ -154,19 +188,26 @@ struct Exceeded;
 
 type Step<T = ()> = Result<T, Exceeded>;
 
-impl Budget {
+impl Budget<'_> {
     #[inline]
     fn charge(&mut self, units: u64) -> Step {
-        match self.0.checked_sub(units) {
-            Some(left) => {
-                self.0 = left;
-                Ok(())
-            }
-            None => {
-                self.0 = 0;
-                Err(Exceeded)
-            }
+        if let Some(left) = self.left.checked_sub(units) {
+            self.left = left;
+            return Ok(());
         }
+        self.exhausted(units)
+    }
+
+    #[cold]
+    fn exhausted(&mut self, units: u64) -> Step {
+        if let Some((a, b)) = self.grow.take() {
+            let more = WORK_PER_NODE.saturating_mul(nodes(a).saturating_add(nodes(b)));
+            self.left = self.left.saturating_add(more);
+            self.total = self.total.saturating_add(more);
+            return self.charge(units);
+        }
+        self.left = 0;
+        Err(Exceeded)
     }
 
     /// A run of `len` bytes (a string, a key, a path, output).
@@ -181,9 +222,11 @@ impl Budget {
         self.charge(1 + n as u64 / 8)
     }
 
-    /// A copy of the path, for an op.
+    /// A copy of the path, for an op: one unit per byte, so the paths an
+    /// array of deep changes makes (each as long as the depth) cannot
+    /// outgrow the budget in memory.
     fn path(&mut self, path: &PointerBuf) -> Step<PointerBuf> {
-        self.bytes(path.as_str().len())?;
+        self.charge(1 + path.as_str().len() as u64)?;
         Ok(path.clone())
     }
 
@@ -220,21 +263,21 @@ fn replace(path: &PointerBuf, value: &Value) -> PatchOperation {
     })
 }
 
-fn add(path: &PointerBuf, value: &Value, budget: &mut Budget) -> Step<PatchOperation> {
+fn add(path: &PointerBuf, value: &Value, budget: &mut Budget<'_>) -> Step<PatchOperation> {
     Ok(PatchOperation::Add(AddOperation {
         path: budget.path(path)?,
         value: budget.clone(value)?,
     }))
 }
 
-fn remove(path: &PointerBuf, budget: &mut Budget) -> Step<PatchOperation> {
+fn remove(path: &PointerBuf, budget: &mut Budget<'_>) -> Step<PatchOperation> {
     Ok(PatchOperation::Remove(RemoveOperation {
         path: budget.path(path)?,
     }))
 }
 
 /// `a == b` (serde_json's equality), charged per node compared.
-fn same(a: &Value, b: &Value, budget: &mut Budget) -> Step<bool> {
+fn same(a: &Value, b: &Value, budget: &mut Budget<'_>) -> Step<bool> {
     budget.charge(1)?;
     Ok(match (a, b) {
         (Value::Array(x), Value::Array(y)) => {
@@ -274,7 +317,7 @@ fn diff_value(
     b: &Value,
     path: &mut PointerBuf,
     ops: &mut Vec<PatchOperation>,
-    budget: &mut Budget,
+    budget: &mut Budget<'_>,
 ) -> Step {
     budget.charge(1)?;
     match (a, b) {
@@ -310,12 +353,12 @@ fn diff_value(
 }
 
 /// Serialized size, for choosing between alternatives; charged per write.
-fn size<T: serde::Serialize>(v: &T, budget: &mut Budget) -> Step<usize> {
-    struct Counter<'a> {
+fn size<T: serde::Serialize>(v: &T, budget: &mut Budget<'_>) -> Step<usize> {
+    struct Counter<'a, 'b> {
         len: usize,
-        budget: &'a mut Budget,
+        budget: &'a mut Budget<'b>,
     }
-    impl std::io::Write for Counter<'_> {
+    impl std::io::Write for Counter<'_, '_> {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.budget
                 .bytes(b.len())
@@ -370,7 +413,7 @@ fn diff_array(
     whole: &Value,
     path: &mut PointerBuf,
     ops: &mut Vec<PatchOperation>,
-    budget: &mut Budget,
+    budget: &mut Budget<'_>,
 ) -> Step {
     let mut local = Vec::new();
     array_ops(x, y, path, &mut local, budget)?;
@@ -410,7 +453,7 @@ fn array_ops(
     y: &[Value],
     path: &mut PointerBuf,
     ops: &mut Vec<PatchOperation>,
-    budget: &mut Budget,
+    budget: &mut Budget<'_>,
 ) -> Step {
     let mut prefix = 0;
     while prefix < x.len().min(y.len()) && same(&x[prefix], &y[prefix], budget)? {
@@ -435,7 +478,7 @@ fn array_ops(
         .iter()
         .map(|v| hash(v, budget))
         .collect::<Step<Vec<u64>>>()?;
-    let eq = |i: usize, j: usize, budget: &mut Budget| -> Step<bool> {
+    let eq = |i: usize, j: usize, budget: &mut Budget<'_>| -> Step<bool> {
         Ok(ha[i] == hb[j] && same(&a[i], &b[j], budget)?)
     };
     let Some(script) = myers(a.len(), b.len(), MAX_EDITS, eq, budget)? else {
@@ -495,7 +538,7 @@ fn emit(
     base: usize,
     path: &mut PointerBuf,
     ops: &mut Vec<PatchOperation>,
-    budget: &mut Budget,
+    budget: &mut Budget<'_>,
 ) -> Step {
     budget.items(2 * (a.len() + b.len()) + script.len())?;
     // Old/new index of each edit.
@@ -658,8 +701,8 @@ fn myers(
     n: usize,
     m: usize,
     max: usize,
-    eq: impl Fn(usize, usize, &mut Budget) -> Step<bool>,
-    budget: &mut Budget,
+    eq: impl Fn(usize, usize, &mut Budget<'_>) -> Step<bool>,
+    budget: &mut Budget<'_>,
 ) -> Step<Option<Vec<Edit>>> {
     let max = max.min(n + m);
     let offset = max + 1;
@@ -738,7 +781,7 @@ fn myers(
 /// A structural hash of a JSON value (no allocation), charged per node.
 /// Equality is always confirmed on a hash match, so a fast
 /// non-cryptographic hash will do.
-fn hash(v: &Value, budget: &mut Budget) -> Step<u64> {
+fn hash(v: &Value, budget: &mut Budget<'_>) -> Step<u64> {
     let mut h = FxHasher(0);
     hash_into(v, &mut h, budget)?;
     Ok(h.finish())
@@ -786,7 +829,7 @@ impl Hasher for FxHasher {
     }
 }
 
-fn hash_into(v: &Value, h: &mut impl Hasher, budget: &mut Budget) -> Step {
+fn hash_into(v: &Value, h: &mut impl Hasher, budget: &mut Budget<'_>) -> Step {
     budget.charge(1)?;
     match v {
         Value::Null => 0u8.hash(h),
@@ -952,6 +995,11 @@ mod tests {
         let (a, b) = (hostile(120, 50_000, 0), hostile(120, 50_000, 1));
         let d = diff_within(&a, &b, budget(&a, &b));
         assert!(d.budget_exceeded, "spent {} of {}", d.work, budget(&a, &b));
+        // The default budget, counted lazily, is the same budget.
+        let lazy = diff_budgeted(&a, &b);
+        assert!(lazy.budget_exceeded);
+        assert_eq!(lazy.work, budget(&a, &b));
+        assert_eq!(lazy.patch, d.patch);
         let p = diff(&a, &b);
         assert_eq!(p.0.len(), 1);
         assert!(
@@ -998,8 +1046,9 @@ mod tests {
         let x = b.remove(10);
         b.insert(1900, x);
         let (a, b) = (json!({ "items": a }), json!({ "items": b }));
-        let d = diff_within(&a, &b, budget(&a, &b));
+        let d = diff_budgeted(&a, &b);
         assert!(!d.budget_exceeded);
+        assert_eq!(d.work, diff_within(&a, &b, budget(&a, &b)).work);
         // Within a quarter of the share proportional to the documents
         // (about 3 units a node: compare the ends, hash the middle).
         assert!(

@@ -885,7 +885,7 @@ fn encode(prev: Option<&Value>, doc: Value) -> Option<Encoded> {
             false,
         ),
         Some(p) => {
-            let d = diff::diff_within(p, &doc, diff::budget(p, &doc));
+            let d = diff::diff_budgeted(p, &doc);
             if d.patch.0.is_empty() {
                 return None;
             }
