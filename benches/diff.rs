@@ -2,9 +2,13 @@
 //! bytes (ours, the json-patch crate's index-by-index diff), and diff time
 //! against the time to parse the new document with serde_json.
 //!
-//! `cargo bench --bench diff` prints the size table and a table of diff
-//! time over parse time (medians of alternating rounds), then runs the
-//! criterion timings (skipped with `PATCHFEED_DIFF_RATIOS_ONLY=1`). With `PATCHFEED_DIFF_CORPUS=DIR` it only writes the corpus
+//! `cargo bench --bench diff` prints the size table, the work each
+//! scenario spends of its diff budget, a table of diff time over parse time
+//! (medians of alternating rounds) and the same for issue 17's hostile
+//! documents (deep nesting around a large array, which spend the whole
+//! budget), then runs the criterion timings (skipped with
+//! `PATCHFEED_DIFF_RATIOS_ONLY=1`; `PATCHFEED_DIFF_HOSTILE_ONLY=1` prints
+//! only the hostile table). With `PATCHFEED_DIFF_CORPUS=DIR` it only writes the corpus
 //! (`NAME.a.json`, `NAME.b.json`) and our patch sizes (`ours.json`) for
 //! `benches/peers/run.sh`, which diffs the same pairs with npm `rfc6902`,
 //! npm `fast-json-patch` and Python `jsonpatch`.
@@ -222,6 +226,70 @@ fn print_ratios() {
     println!();
 }
 
+/// Work spent of the budget per scenario: realistic changes must never
+/// reach it (the run fails if one does).
+fn print_budget() {
+    println!();
+    println!("| scenario | nodes | work spent | budget | spent / budget |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, a, b) in corpus() {
+        let budget = patchfeed::diff::budget(&a, &b);
+        let d = patchfeed::diff::diff_within(&a, &b, budget);
+        assert!(!d.budget_exceeded, "{name} exceeded its diff budget");
+        let nodes = patchfeed::diff::nodes(&a) + patchfeed::diff::nodes(&b);
+        println!(
+            "| {name} | {nodes} | {} | {budget} | {:.1}% |",
+            d.work,
+            100.0 * d.work as f64 / budget as f64
+        );
+    }
+}
+
+/// Issue 17's hostile shape: `depth` arrays around one of `n` elements
+/// (0 and 1, about 2 bytes each), every element of which flips between
+/// versions 0 and 1.
+fn hostile(depth: usize, n: usize, version: usize) -> Value {
+    let mut doc = Value::Array((0..n).map(|i| json!((i + version) % 2)).collect());
+    for _ in 0..depth {
+        doc = Value::Array(vec![doc]);
+    }
+    doc
+}
+
+/// Median diff and parse time of the hostile documents (1 MB and 4 MB,
+/// 120 deep), alternating rounds.
+fn print_hostile() {
+    const ROUNDS: usize = 7;
+    println!();
+    println!("| hostile document | bytes | diff median | parse median | patch ops |");
+    println!("|---|---:|---:|---:|---:|");
+    for n in [500_000, 2_000_000] {
+        let (a, b) = (hostile(120, n, 0), hostile(120, n, 1));
+        let text = serde_json::to_vec(&b).unwrap();
+        let (mut d, mut p) = (Vec::new(), Vec::new());
+        let mut ops = 0;
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            let patch = black_box(patchfeed::diff::diff(black_box(&a), black_box(&b)));
+            d.push(t.elapsed());
+            ops = patch.0.len();
+            drop(patch);
+            let t = Instant::now();
+            black_box(serde_json::from_slice::<Value>(black_box(&text)).unwrap());
+            p.push(t.elapsed());
+        }
+        d.sort();
+        p.sort();
+        println!(
+            "| 120 deep around {n} elements | {} | {:.1?} | {:.1?} | {ops} |",
+            text.len(),
+            d[ROUNDS / 2],
+            p[ROUNDS / 2]
+        );
+    }
+    println!();
+}
+
 fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("diff");
     g.sample_size(30)
@@ -246,8 +314,14 @@ fn main() {
         write_corpus(&dir);
         return;
     }
+    if std::env::var_os("PATCHFEED_DIFF_HOSTILE_ONLY").is_some() {
+        print_hostile();
+        return;
+    }
     print_sizes();
+    print_budget();
     print_ratios();
+    print_hostile();
     if std::env::var_os("PATCHFEED_DIFF_RATIOS_ONLY").is_some() {
         return;
     }

@@ -450,6 +450,12 @@ fn spawn_storage_watchdog(
 /// resource published at most one event per fan-out and every subscriber
 /// paid one write per event. On a thread of their own, appends keep their
 /// pace and subscribers that fall behind write several events at once.
+///
+/// Every resource's polls share this one thread, so nothing slow may run
+/// on it: the CPU-heavy steps of large documents (the parse, the diff and
+/// the encoding) go to the blocking pool (`crate::cpu`), and the diff is
+/// bounded by its work budget (`crate::diff`). A resource whose document is
+/// expensive slows its own polls, not the others'.
 struct IngestRuntime {
     handle: tokio::runtime::Handle,
     stop: CancellationToken,

@@ -4,10 +4,12 @@
 //! - `model`: pure domain types (`ResourceId`, `EventId`, `Point`, `Event`).
 //! - `diff`: pure RFC 6902 diff/apply.
 //! - `log`: the durable per-resource change log; the only module naming sled.
+//! - `cpu`: where the CPU-heavy steps of ingest (parse, diff) run.
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod cpu;
 pub mod demo;
 pub mod diff;
 pub mod feed;

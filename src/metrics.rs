@@ -40,6 +40,8 @@ pub struct Sampled {
     pub storage_errors: u64,
     /// Resources (and unattributable records) quarantined at start-up.
     pub resources_quarantined: usize,
+    /// Appends whose diff ran out of budget (a root `replace` instead).
+    pub diff_budget_exceeded: u64,
 }
 
 impl Metrics {
@@ -79,6 +81,11 @@ impl Metrics {
             "patchfeed_log_flushes_total",
             "Group-commit flushes (fsyncs) of the log; events appended per flush show how well appends share them.",
             &[("", s.log_flushes)],
+        );
+        counter(
+            "patchfeed_diff_budget_exceeded_total",
+            "Appends whose diff ran out of its work budget and were stored as one replace of the whole document.",
+            &[("", s.diff_budget_exceeded)],
         );
         counter(
             "patchfeed_append_errors_total",

@@ -183,6 +183,7 @@ impl Service {
             storage_failing: health.failing.is_some(),
             storage_errors: health.errors,
             resources_quarantined: health.quarantined.len() + health.unattributed.len(),
+            diff_budget_exceeded: self.store.diff_budget_exceeded(),
         }
     }
 }

@@ -36,7 +36,7 @@ pub use depth::{check_depth, TooDeep, MAX_DOC_DEPTH};
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -200,6 +200,8 @@ struct Inner {
     /// Resource records whose key names no valid resource id: kept on disk,
     /// reported by health, served by nothing.
     unattributed: Vec<Unattributed>,
+    /// Appends whose diff ran out of budget (stored as a root `replace`).
+    diff_fallbacks: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -402,6 +404,7 @@ impl Store {
                 commit,
                 health,
                 unattributed,
+                diff_fallbacks: AtomicU64::new(0),
             }),
         };
         // Finish purges that a crash interrupted.
@@ -454,6 +457,12 @@ impl Store {
         read(&self.inner.resources)
             .get(id)
             .and_then(|e| e.quarantine.clone())
+    }
+
+    /// Appends so far whose diff ran out of budget and were stored as one
+    /// `replace` of the whole document.
+    pub fn diff_budget_exceeded(&self) -> u64 {
+        self.inner.diff_fallbacks.load(Ordering::Relaxed)
     }
 
     /// Flushes everything to disk.
@@ -660,7 +669,9 @@ impl Store {
 
     /// Diffs `doc` against the current document and, if they differ, appends
     /// the patch as a new event (plus a snapshot every `snapshot_every`
-    /// events) atomically. Returns once the event is durable; `None` when
+    /// events) atomically. The diff is bounded by its budget (past it, the
+    /// patch is one root `replace`) and, for large documents, runs on the
+    /// blocking pool (`crate::cpu`) under the append lock. Returns once the event is durable; `None` when
     /// there was nothing to append. The first version is stored as a patch
     /// that adds the whole document at the root.
     pub async fn append(&self, id: &ResourceId, doc: Value) -> Result<Option<Event>, StoreError> {
@@ -693,24 +704,27 @@ impl Store {
             return Err(StoreError::NoSuchResource(id.clone()));
         }
         let state = read(&entry.state).clone();
-        let patch = match &state.head {
-            None => json_patch::Patch(vec![json_patch::PatchOperation::Add(
-                json_patch::AddOperation {
-                    path: json_patch::jsonptr::PointerBuf::root(),
-                    value: doc.clone(),
-                },
-            )]),
-            Some(h) => {
-                let p = diff::diff(&h.doc, &doc);
-                if p.0.is_empty() {
-                    return Ok(None);
-                }
-                p
-            }
+        // The diff and the encoding run off the ingest thread when the
+        // documents are large (`cpu`), still under the append lock, so the
+        // versions of one resource stay in order. A caller dropped while the
+        // step runs leaves nothing to undo: nothing is written before it.
+        let prev = state.head.as_ref().map(|h| h.doc.clone());
+        let heavy = prev
+            .as_deref()
+            .is_some_and(|p| diff::nodes_at_least(p, crate::cpu::INLINE_NODES))
+            || diff::nodes_at_least(&doc, crate::cpu::INLINE_NODES);
+        let encoded = crate::cpu::run(heavy, move || encode(prev.as_deref(), doc))
+            .await
+            .map_err(|e| StoreError::Flush(e.to_string()))?;
+        let Some(Encoded {
+            patch_json,
+            doc_json,
+            doc,
+            budget_exceeded,
+        }) = encoded
+        else {
+            return Ok(None);
         };
-        // Serializing a Value (or a patch of Values) to a Vec cannot fail.
-        let patch_json = Bytes::from(serde_json::to_vec(&patch).expect("patch serializes"));
-        let doc_json = Bytes::from(serde_json::to_vec(&doc).expect("document serializes"));
         let last = state.allocated.max(state.head.as_ref().map(|h| h.id));
         let event_id =
             ids::next(last, now_ms).ok_or_else(|| StoreError::IdsExhausted(id.clone()))?;
@@ -763,6 +777,9 @@ impl Store {
         commit
             .await
             .map_err(|e| StoreError::Flush(format!("commit task failed: {e}")))??;
+        if budget_exceeded {
+            self.inner.diff_fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
         let prev = state.head.as_ref().map(|h| h.id);
         Ok(Some((
             Event {
@@ -1024,6 +1041,48 @@ impl Store {
             removed_snapshots,
         })
     }
+}
+
+/// A new version as an append stores it: its patch from the previous one
+/// and both as JSON text.
+struct Encoded {
+    patch_json: Bytes,
+    doc_json: Bytes,
+    doc: Value,
+    budget_exceeded: bool,
+}
+
+/// The CPU-heavy part of an append: diffs `doc` against `prev` (the first
+/// version is a patch that adds the whole document at the root) and
+/// serializes the patch and the document. `None` when nothing changed.
+fn encode(prev: Option<&Value>, doc: Value) -> Option<Encoded> {
+    let (patch, budget_exceeded) = match prev {
+        None => (
+            json_patch::Patch(vec![json_patch::PatchOperation::Add(
+                json_patch::AddOperation {
+                    path: json_patch::jsonptr::PointerBuf::root(),
+                    value: doc.clone(),
+                },
+            )]),
+            false,
+        ),
+        Some(p) => {
+            let d = diff::diff_budgeted(p, &doc);
+            if d.patch.0.is_empty() {
+                return None;
+            }
+            (d.patch, d.budget_exceeded)
+        }
+    };
+    // Serializing a Value (or a patch of Values) to a Vec cannot fail.
+    let patch_json = Bytes::from(serde_json::to_vec(&patch).expect("patch serializes"));
+    let doc_json = Bytes::from(serde_json::to_vec(&doc).expect("document serializes"));
+    Some(Encoded {
+        patch_json,
+        doc_json,
+        doc,
+        budget_exceeded,
+    })
 }
 
 impl Entry {

@@ -634,3 +634,51 @@ async fn read_after_capped_bounds_bytes_not_only_count() {
         );
     }
 }
+
+/// Issue 17: `depth` arrays around one of `n` elements, all of which flip
+/// between versions 0 and 1.
+fn hostile(depth: usize, n: usize, version: usize) -> Value {
+    let mut doc = Value::Array((0..n).map(|i| json!((i + version) % 2)).collect());
+    for _ in 0..depth {
+        doc = Value::Array(vec![doc]);
+    }
+    doc
+}
+
+/// Issue 17: a diff past its budget is stored as one root `replace`, is
+/// counted, and loses nothing: the head, `document_at`, the rebuild at open
+/// and a later small change all see exactly the new version.
+#[tokio::test]
+async fn issue_17_a_diff_over_budget_is_one_root_replace_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = ResourceId::new("r").unwrap();
+    let (a, b) = (hostile(120, 20_000, 0), hostile(120, 20_000, 1));
+    let replaced = {
+        let store = Store::open(dir.path()).unwrap();
+        store.create(spec("r", 100, None), 0).await.unwrap();
+        store.append_at(&id, a.clone(), 1).await.unwrap().unwrap();
+        assert_eq!(store.diff_budget_exceeded(), 0);
+        let e = store.append_at(&id, b.clone(), 2).await.unwrap().unwrap();
+        assert_eq!(store.diff_budget_exceeded(), 1);
+        let patch: Value = serde_json::from_slice(&e.patch).unwrap();
+        assert_eq!(patch, json!([{"op": "replace", "path": "", "value": b}]));
+        assert_eq!(*store.head(&id).unwrap().unwrap().doc, b);
+        // A small document next: an ordinary diff again.
+        let small = json!({"n": 1});
+        let e = store.append_at(&id, small, 3).await.unwrap().unwrap();
+        let patch: Value = serde_json::from_slice(&e.patch).unwrap();
+        assert_eq!(
+            patch,
+            json!([{"op": "replace", "path": "", "value": {"n": 1}}])
+        );
+        assert_eq!(store.diff_budget_exceeded(), 1);
+        e.id
+    };
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(*store.head(&id).unwrap().unwrap().doc, json!({"n": 1}));
+    let before = Ulid(replaced.0 .0 - 1);
+    match store.document_at(&id, Point::Id(before)).unwrap() {
+        At::Found { doc, .. } => assert_eq!(*doc, b),
+        other => panic!("{other:?}"),
+    }
+}

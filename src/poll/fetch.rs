@@ -349,19 +349,27 @@ impl Fetcher {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(FetchError::NotJson("the body is empty".into()));
         }
-        let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            // serde_json has no error category for its recursion limit.
-            if e.to_string().starts_with("recursion limit exceeded") {
-                FetchError::TooDeep {
-                    limit: crate::log::MAX_DOC_DEPTH,
+        // A large body is parsed (and its depth checked) off the ingest
+        // thread (`cpu`).
+        let heavy = body.len() > crate::cpu::INLINE_BYTES;
+        let doc = crate::cpu::run(heavy, move || {
+            let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                // serde_json has no error category for its recursion limit.
+                if e.to_string().starts_with("recursion limit exceeded") {
+                    FetchError::TooDeep {
+                        limit: crate::log::MAX_DOC_DEPTH,
+                    }
+                } else {
+                    FetchError::NotJson(e.to_string())
                 }
-            } else {
-                FetchError::NotJson(e.to_string())
-            }
-        })?;
-        // The store's own bound, checked at the door: what is accepted here
-        // is what the log can store and read back.
-        crate::log::check_depth(&doc).map_err(|e| FetchError::TooDeep { limit: e.limit })?;
+            })?;
+            // The store's own bound, checked at the door: what is accepted
+            // here is what the log can store and read back.
+            crate::log::check_depth(&doc).map_err(|e| FetchError::TooDeep { limit: e.limit })?;
+            Ok::<_, FetchError>(doc)
+        })
+        .await
+        .map_err(|e| FetchError::Body(e.to_string()))??;
         Ok(Fetched::Document {
             doc,
             validators: got,

@@ -3,7 +3,9 @@
 //!
 //! The loop never waits on a client: publishing to the hub cannot block.
 //! It is cancelled only between steps (while fetching or sleeping), never
-//! inside an append.
+//! inside an append. The parse, diff and encoding of a large document run
+//! on the blocking pool (`crate::cpu`), one at a time per resource, so a
+//! costly document delays only its own loop.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -178,6 +178,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Durable writes so far (fsyncs, or quorum acknowledgements), for
     /// metrics: appends share them.
     fn flushes(&self) -> u64;
+
+    /// Appends so far whose diff ran out of its work budget and were stored
+    /// as one `replace` of the whole document.
+    fn diff_budget_exceeded(&self) -> u64;
 }
 
 impl Storage for crate::log::Store {
@@ -303,5 +307,9 @@ impl Storage for crate::log::Store {
 
     fn flushes(&self) -> u64 {
         crate::log::Store::flushes(self)
+    }
+
+    fn diff_budget_exceeded(&self) -> u64 {
+        crate::log::Store::diff_budget_exceeded(self)
     }
 }
