@@ -17,9 +17,10 @@ use crate::hub::Hub;
 use crate::log::{Compaction, Created, LogStatus, Quarantine, Store, StoreError};
 use crate::metrics::Metrics;
 use crate::model::{
-    ad_hoc_base, normalize_url, now_ms, EventId, ResourceId, ResourceRecord, ResourceSpec,
+    ad_hoc_base, normalize_url, now_ms, EventId, ResourceId, ResourceInput, ResourceRecord,
+    ResourceSpec,
 };
-use crate::poll::fetch::Fetcher;
+use crate::poll::fetch::{FetchError, Fetcher};
 use crate::poll::poller::{PollStatus, Poller};
 
 /// Everything known about one resource, for the API.
@@ -411,15 +412,18 @@ impl Registry {
             .filter_map(|s| ResourceId::new(&s).ok())
             .find(|id| self.store.resource(id).is_none())
             .ok_or_else(|| ProxyError::Full(config.max_resources))?;
-        let spec = ResourceSpec {
-            id: id.clone(),
+        // The same validator as the config file and the API: the URL and
+        // headers come from a client's request.
+        let spec = ResourceSpec::validate(ResourceInput {
+            id: Some(id.as_str().to_owned()),
             url: url.to_owned(),
-            interval: config.interval,
+            interval: Some(config.interval),
             headers: headers.clone(),
-            snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
-            retain: Some(ResourceSpec::AD_HOC_RETAIN),
+            snapshot_every: None,
+            retain: Some(Some(ResourceSpec::AD_HOC_RETAIN)),
             ad_hoc: true,
-        };
+        })
+        .map_err(|e| ProxyError::Refused(FetchError::InvalidUrl(e.to_string())))?;
         let created = self.store.create(spec, now_ms()).await?;
         // Registered (and its idle clock started) only now: a slow create
         // must not look idle to the reaper. Before `start`, which picks the
