@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::{redact_url, ResourceId, ResourceSpec};
+use crate::model::{check_interval, ResourceInput, ResourceSpec};
+/// The duration parsers live with the settings they serve; kept here too
+/// for callers of this module (the fuzz checks).
+pub use crate::model::{parse_duration, parse_retain};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -64,7 +67,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
             enabled: false,
-            interval: Duration::from_secs(5),
+            interval: ResourceSpec::DEFAULT_INTERVAL,
             idle: Duration::from_secs(300),
             allowed_hosts: None,
             max_resources: 1000,
@@ -118,19 +121,6 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         key: key.into(),
         message: message.into(),
     }
-}
-
-/// Parses `retain`: a humantime duration, or `forever` (keep everything).
-pub fn parse_retain(s: &str) -> Result<Option<Duration>, String> {
-    if s.trim() == "forever" {
-        return Ok(None);
-    }
-    parse_duration(s).map(Some)
-}
-
-/// A humantime duration ("5s", "1h 30m", "250ms").
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration: {e}"))
 }
 
 #[derive(Deserialize)]
@@ -282,16 +272,9 @@ impl Config {
             enabled: p.enabled.unwrap_or(false),
             interval: match p.interval {
                 None => pd.interval,
-                Some(s) => {
-                    let i = parse_duration(&s).map_err(|m| invalid("proxy.interval", m))?;
-                    if i < ResourceSpec::MIN_INTERVAL {
-                        return Err(invalid(
-                            "proxy.interval",
-                            format!("{s:?} is below the minimum of 100ms"),
-                        ));
-                    }
-                    i
-                }
+                Some(s) => parse_duration(&s)
+                    .and_then(check_interval)
+                    .map_err(|m| invalid("proxy.interval", m))?,
             },
             idle: match p.idle {
                 None => pd.idle,
@@ -330,69 +313,30 @@ fn check_token(key: &str, t: Option<String>) -> Result<Option<String>, ConfigErr
     }
 }
 
+/// A `[[resource]]` table through the one settings validator; its error
+/// names the key, `resource[i].<setting>`.
 fn resource(i: usize, r: RawResource) -> Result<ResourceSpec, ConfigError> {
     let key = |k: &str| format!("resource[{i}].{k}");
-    let id = ResourceId::new(&r.id).map_err(|e| invalid(key("id"), format!("{:?}: {e}", r.id)))?;
-    let url = reqwest::Url::parse(&r.url)
-        .map_err(|e| invalid(key("url"), format!("{:?}: {e}", redact_url(&r.url))))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(
-            key("url"),
-            format!("{:?}: only http and https", redact_url(&r.url)),
-        ));
-    }
-    let interval = match r.interval {
-        None => ResourceSpec::DEFAULT_INTERVAL,
-        Some(s) => {
-            let d = parse_duration(&s).map_err(|m| invalid(key("interval"), m))?;
-            if d < ResourceSpec::MIN_INTERVAL {
-                return Err(invalid(
-                    key("interval"),
-                    format!("{s:?} is below the minimum of 100ms"),
-                ));
-            }
-            d
-        }
-    };
-    let snapshot_every = r
-        .snapshot_every
-        .unwrap_or(ResourceSpec::DEFAULT_SNAPSHOT_EVERY);
-    if !(1..=ResourceSpec::MAX_SNAPSHOT_EVERY).contains(&snapshot_every) {
-        return Err(invalid(
-            key("snapshot_every"),
-            format!(
-                "{snapshot_every} is outside 1..={}",
-                ResourceSpec::MAX_SNAPSHOT_EVERY
-            ),
-        ));
-    }
-    for (k, v) in &r.headers {
-        if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            return Err(invalid(
-                key("headers"),
-                format!("invalid header name {k:?}"),
-            ));
-        }
-        if reqwest::header::HeaderValue::from_str(v).is_err() {
-            return Err(invalid(
-                key("headers"),
-                format!("invalid value for header {k:?}"),
-            ));
-        }
-    }
-    let retain = match r.retain {
-        None => Some(ResourceSpec::DEFAULT_RETAIN),
-        Some(s) => parse_retain(&s).map_err(|m| invalid(key("retain"), m))?,
-    };
-    Ok(ResourceSpec {
-        id,
+    let interval = r
+        .interval
+        .map(|s| parse_duration(&s))
+        .transpose()
+        .map_err(|m| invalid(key("interval"), m))?;
+    let retain = r
+        .retain
+        .map(|s| parse_retain(&s))
+        .transpose()
+        .map_err(|m| invalid(key("retain"), m))?;
+    ResourceSpec::validate(ResourceInput {
+        id: Some(r.id),
         url: r.url,
         interval,
         headers: r.headers,
-        snapshot_every,
+        snapshot_every: r.snapshot_every,
         retain,
         ad_hoc: false,
     })
+    .map_err(|e| invalid(key(e.field), e.message))
 }
 
 #[cfg(test)]
@@ -477,6 +421,7 @@ mod tests {
             ("read_token = \"x\"", "read_token"),
             ("token = \"\"", "token"),
             ("[proxy]\ninterval = \"1ms\"", "proxy.interval"),
+            ("[proxy]\ninterval = \"99ms\"", "proxy.interval"),
         ] {
             let e = Config::parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text:?} gave {e:?}, expected it to name {key}");
@@ -484,9 +429,43 @@ mod tests {
     }
 
     #[test]
-    fn retain_forms() {
-        assert_eq!(parse_retain("forever").unwrap(), None);
-        assert_eq!(parse_retain("1h").unwrap(), Some(Duration::from_secs(3600)));
-        assert!(parse_retain("a while").is_err());
+    fn issue_11_resource_and_proxy_intervals_share_the_bound() {
+        let proxy = |i: &str| Config::parse(&format!("[proxy]\ninterval = {i:?}"));
+        assert_eq!(
+            proxy("100ms").unwrap().proxy.interval,
+            ResourceSpec::MIN_INTERVAL
+        );
+        assert_eq!(
+            proxy("99ms").unwrap_err().to_string(),
+            "proxy.interval: 99ms is below the minimum of 100ms"
+        );
+        let resource = |i: &str| {
+            Config::parse(&format!(
+                "[[resource]]\nid = \"a\"\nurl = \"http://x/\"\ninterval = {i:?}"
+            ))
+        };
+        assert_eq!(
+            resource("100ms").unwrap().resources[0].interval,
+            ResourceSpec::MIN_INTERVAL
+        );
+        assert_eq!(
+            resource("99ms").unwrap_err().to_string(),
+            "resource[0].interval: 99ms is below the minimum of 100ms"
+        );
+        assert_eq!(
+            ProxyConfig::default().interval,
+            ResourceSpec::DEFAULT_INTERVAL
+        );
+    }
+
+    #[test]
+    fn issue_11_url_errors_name_the_key_and_hide_credentials() {
+        for url in ["ftp://u:hunter2@x/", "http://u:hunter2@x y/?token=hunter2"] {
+            let e = Config::parse(&format!("[[resource]]\nid = \"a\"\nurl = {url:?}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("resource[0].url: "), "{e}");
+            assert!(!e.contains("hunter2") && e.contains("***"), "{e}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use axum::Router;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::model::{format_rfc3339_ms, now_ms, ResourceId, ResourceSpec};
+use crate::model::{format_rfc3339_ms, now_ms, ResourceInput, ResourceSpec};
 
 /// Path of the document on the demo upstream.
 pub const PATH: &str = "/demo.json";
@@ -150,17 +150,22 @@ pub async fn start(
 }
 
 /// The `demo` resource, polled twice per change (so half the polls are 304).
+/// Through the settings validator, like every resource; its own values are
+/// the interval and a day of history.
 pub fn demo_spec(addr: SocketAddr) -> ResourceSpec {
-    ResourceSpec {
-        id: ResourceId::new("demo").expect("valid id"),
+    ResourceSpec::validate(ResourceInput {
+        id: Some("demo".into()),
         url: format!("http://{addr}{PATH}"),
-        interval: Duration::from_millis(500),
-        headers: Default::default(),
-        snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
-        retain: Some(Duration::from_secs(24 * 3600)),
-        ad_hoc: false,
-    }
+        interval: Some(DEMO_INTERVAL),
+        retain: Some(Some(DEMO_RETAIN)),
+        ..ResourceInput::default()
+    })
+    .expect("the demo's settings are within every bound")
 }
+
+/// Twice per [`CHANGE_EVERY`], so half the polls are 304.
+const DEMO_INTERVAL: Duration = Duration::from_millis(500);
+const DEMO_RETAIN: Duration = Duration::from_secs(24 * 3600);
 
 #[cfg(test)]
 mod tests {

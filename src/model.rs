@@ -14,6 +14,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use ulid::Ulid;
 
+mod settings;
+pub use settings::{check_interval, parse_duration, parse_retain, ResourceInput, SettingsError};
+
 /// Largest millisecond timestamp a ULID can carry (48 bits).
 pub const MAX_ULID_MS: u64 = (1 << 48) - 1;
 /// Mask of a ULID's 80 random bits.
@@ -259,7 +262,8 @@ pub struct Event {
     pub patch: Bytes,
 }
 
-/// Settings of a registered resource, as given by the config file or the API.
+/// Settings of a registered resource, as given by the config file or the
+/// API, after [`ResourceSpec::validate`] (`model::settings`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceSpec {
     pub id: ResourceId,
@@ -278,6 +282,8 @@ pub struct ResourceSpec {
     pub ad_hoc: bool,
 }
 
+/// Every default and bound of resource settings, written once: the
+/// validator, the config file, the API, the proxy and the demo use these.
 impl ResourceSpec {
     pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);

@@ -15,7 +15,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, AppState, Known, PathId};
-use crate::model::{format_rfc3339_ms, redact_url, ResourceId, ResourceSpec};
+use crate::model::{
+    format_rfc3339_ms, parse_retain, redact_url, ResourceInput, ResourceSpec, SettingsError,
+};
 use crate::registry::ResourceInfo;
 use crate::store::Created;
 
@@ -75,61 +77,48 @@ fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::InvalidResource(msg.into())
 }
 
+/// A setting's name on the wire: the body's field for the validator's.
+fn wire_field(field: &'static str) -> &'static str {
+    match field {
+        "interval" => "interval_ms",
+        f => f,
+    }
+}
+
+/// A validator error as the API's 422 `invalid_resource`: the message
+/// starts with the body's field, then names the value.
+fn settings_error(e: SettingsError) -> ApiError {
+    invalid(format!("{}: {}", wire_field(e.field), e.message))
+}
+
+/// The body through the one settings validator, then the upstream guard
+/// (which depends on `allow_private_upstreams`).
 fn validate(state: &AppState, new: NewResource) -> Result<ResourceSpec, ApiError> {
-    let id = match new.id {
-        Some(raw) => {
-            ResourceId::new(&raw).map_err(|e| invalid(format!("invalid id {raw:?}: {e}")))?
-        }
-        None => ResourceId::new(&ulid::Ulid::generate().to_string().to_ascii_lowercase())
-            .map_err(|e| ApiError::Internal(e.into()))?,
-    };
-    state
-        .service
-        .check_url(&new.url)
-        .map_err(|e| invalid(format!("invalid url: {e}")))?;
-    let interval = match new.interval_ms {
-        None => ResourceSpec::DEFAULT_INTERVAL,
-        Some(ms) => Duration::from_millis(ms),
-    };
-    if interval < ResourceSpec::MIN_INTERVAL {
-        return Err(invalid(format!(
-            "interval_ms {} is below the minimum of 100",
-            interval.as_millis()
-        )));
-    }
-    let snapshot_every = new
-        .snapshot_every
-        .unwrap_or(ResourceSpec::DEFAULT_SNAPSHOT_EVERY);
-    if !(1..=ResourceSpec::MAX_SNAPSHOT_EVERY).contains(&snapshot_every) {
-        return Err(invalid(format!(
-            "snapshot_every {snapshot_every} is outside 1..={}",
-            ResourceSpec::MAX_SNAPSHOT_EVERY
-        )));
-    }
-    let headers = new.headers.unwrap_or_default();
-    for (k, v) in &headers {
-        if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
-            return Err(invalid(format!("invalid header name {k:?}")));
-        }
-        if axum::http::HeaderValue::from_str(v).is_err() {
-            return Err(invalid(format!("invalid value for header {k:?}")));
-        }
-    }
     let retain = match new.retain {
-        None => Some(ResourceSpec::DEFAULT_RETAIN),
-        Some(Retain::Millis(ms)) => Some(Duration::from_millis(ms)),
-        Some(Retain::Text(t)) => crate::config::parse_retain(&t)
-            .map_err(|e| invalid(format!("invalid retain {t:?}: {e}")))?,
+        None => None,
+        Some(Retain::Millis(ms)) => Some(Some(Duration::from_millis(ms))),
+        Some(Retain::Text(t)) => Some(parse_retain(&t).map_err(|m| {
+            settings_error(SettingsError {
+                field: "retain",
+                message: m,
+            })
+        })?),
     };
-    Ok(ResourceSpec {
-        id,
+    let spec = ResourceSpec::validate(ResourceInput {
+        id: new.id,
         url: new.url,
-        interval,
-        headers,
-        snapshot_every,
+        interval: new.interval_ms.map(Duration::from_millis),
+        headers: new.headers.unwrap_or_default(),
+        snapshot_every: new.snapshot_every,
         retain,
         ad_hoc: false,
     })
+    .map_err(settings_error)?;
+    state
+        .service
+        .check_url(&spec.url)
+        .map_err(|e| invalid(format!("url: {e}")))?;
+    Ok(spec)
 }
 
 async fn list_resources(State(state): State<AppState>) -> Json<Value> {
@@ -194,4 +183,188 @@ fn view(info: &ResourceInfo) -> Value {
             "key": q.key,
         })),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::config::Config;
+
+    /// One setting as each path spells it: the config file's key and TOML
+    /// value, the API's field and JSON value. `field` is the setting's name
+    /// in the config file; the API names it `api_field`.
+    struct Case {
+        field: &'static str,
+        toml: toml::Value,
+        api_field: &'static str,
+        json: serde_json::Value,
+    }
+
+    fn case(field: &'static str, toml: toml::Value, json: serde_json::Value) -> Case {
+        let api_field = if field == "interval" {
+            "interval_ms"
+        } else {
+            field
+        };
+        Case {
+            field,
+            toml,
+            api_field,
+            json,
+        }
+    }
+
+    fn headers(k: &str, v: &str) -> (toml::Value, serde_json::Value) {
+        let mut t = toml::Table::new();
+        t.insert(k.into(), v.into());
+        (toml::Value::Table(t), json!({ k: v }))
+    }
+
+    const URL: &str = "https://example.com/x";
+
+    /// Bad settings, each at or just past a bound.
+    fn bad() -> Vec<Case> {
+        let s = |v: &str| toml::Value::String(v.into());
+        let (bad_name, bad_name_json) = headers("bad name", "x");
+        let (bad_value, bad_value_json) = headers("X-A", "a\nb");
+        vec![
+            case("id", s("a b"), json!("a b")),
+            case("id", s(".."), json!("..")),
+            case("id", s(""), json!("")),
+            case("id", s(&"a".repeat(129)), json!("a".repeat(129))),
+            case(
+                "url",
+                s("ftp://example.com/x"),
+                json!("ftp://example.com/x"),
+            ),
+            case("url", s("not a url"), json!("not a url")),
+            case("url", s("http://"), json!("http://")),
+            case("interval", s("99ms"), json!(99)),
+            case("interval", s("0s"), json!(0)),
+            case("snapshot_every", toml::Value::Integer(0), json!(0)),
+            case(
+                "snapshot_every",
+                toml::Value::Integer(100_001),
+                json!(100_001),
+            ),
+            case("headers", bad_name, bad_name_json),
+            case("headers", bad_value, bad_value_json),
+            case("retain", s("a while"), json!("a while")),
+            case("retain", s("-1"), json!("-1")),
+        ]
+    }
+
+    /// Settings just inside each bound: both paths accept them.
+    fn good() -> Vec<Case> {
+        let s = |v: &str| toml::Value::String(v.into());
+        let (h, hj) = headers("X-A", "a b");
+        vec![
+            case("id", s(&"a".repeat(128)), json!("a".repeat(128))),
+            case("interval", s("100ms"), json!(100)),
+            case("snapshot_every", toml::Value::Integer(1), json!(1)),
+            case(
+                "snapshot_every",
+                toml::Value::Integer(100_000),
+                json!(100_000),
+            ),
+            case("headers", h, hj),
+            case("retain", s("forever"), json!("forever")),
+            case("retain", s("1h"), json!("1h")),
+        ]
+    }
+
+    fn config_text(c: &Case) -> String {
+        let mut r = toml::Table::new();
+        r.insert("id".into(), "ok".into());
+        r.insert("url".into(), URL.into());
+        r.insert(c.field.into(), c.toml.clone());
+        let mut doc = toml::Table::new();
+        doc.insert(
+            "resource".into(),
+            toml::Value::Array(vec![toml::Value::Table(r)]),
+        );
+        toml::to_string(&doc).expect("a TOML table serialises")
+    }
+
+    fn api_body(c: &Case) -> serde_json::Value {
+        let mut b = json!({ "url": URL });
+        b[c.api_field] = c.json.clone();
+        b
+    }
+
+    /// Whether `msg` names `field` as a word of its own.
+    fn names(msg: &str, field: &str) -> bool {
+        let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        msg.match_indices(field).any(|(i, _)| {
+            let before = msg.as_bytes().get(i.wrapping_sub(1)).copied();
+            let after = msg.as_bytes().get(i + field.len()).copied();
+            !before.is_some_and(word) && !after.is_some_and(word)
+        })
+    }
+
+    #[tokio::test]
+    async fn issue_11_config_file_and_api_judge_resource_settings_alike() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let shutdown = CancellationToken::new();
+        let app = crate::app::start(config, false, listener, shutdown.clone())
+            .await
+            .expect("the server starts");
+        let base = format!("http://{}/v1/resources", app.addr);
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .expect("an HTTP client");
+        let post = |body: serde_json::Value| {
+            let req = http.post(&base).json(&body);
+            async move {
+                let r = req.send().await.expect("the server answers");
+                let status = r.status().as_u16();
+                let v: serde_json::Value = r.json().await.expect("a JSON body");
+                (status, v)
+            }
+        };
+
+        for c in bad() {
+            let text = config_text(&c);
+            let key = format!("resource[0].{}", c.field);
+            match Config::parse(&text) {
+                Err(crate::config::ConfigError::Invalid { key: k, message }) => {
+                    assert_eq!(k, key, "{text:?}: {message}")
+                }
+                other => panic!("{text:?}: the config file gave {other:?}, expected {key}"),
+            }
+            let body = api_body(&c);
+            let (status, v) = post(body.clone()).await;
+            assert_eq!(status, 422, "{body}: {v}");
+            assert_eq!(v["error"]["code"], "invalid_resource", "{body}: {v}");
+            let msg = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                names(msg, c.api_field),
+                "{body}: the API's message {msg:?} does not name {}",
+                c.api_field
+            );
+        }
+        for (n, c) in good().into_iter().enumerate() {
+            let text = config_text(&c);
+            let parsed = Config::parse(&text);
+            assert!(parsed.is_ok(), "{text:?}: {parsed:?}");
+            let mut body = api_body(&c);
+            if c.field != "id" {
+                body["id"] = json!(format!("good-{n}"));
+            }
+            let (status, v) = post(body.clone()).await;
+            assert_eq!(status, 201, "{body}: {v}");
+        }
+        shutdown.cancel();
+        app.wait().await.expect("the server stops cleanly");
+    }
 }

@@ -13,7 +13,8 @@ use tokio::task::JoinHandle;
 use super::{lock, Registry};
 use crate::config::ProxyConfig;
 use crate::metrics::Metrics;
-use crate::model::{ad_hoc_base, normalize_url, now_ms, ResourceId, ResourceSpec};
+use crate::model::{ad_hoc_base, normalize_url, now_ms, ResourceId, ResourceInput, ResourceSpec};
+use crate::poll::fetch::FetchError;
 use crate::store::{Created, StoreError};
 
 /// Why the proxy would not create a resource for a URL.
@@ -22,7 +23,7 @@ pub enum ProxyError {
     #[error("no resource polls this URL, and proxy mode is off")]
     Disabled,
     #[error("{0}")]
-    Refused(crate::poll::fetch::FetchError),
+    Refused(FetchError),
     #[error("the proxy already runs {0} ad-hoc resources (proxy.max_resources)")]
     Full(usize),
     #[error(transparent)]
@@ -115,15 +116,18 @@ impl Registry {
             .filter_map(|s| ResourceId::new(&s).ok())
             .find(|id| self.store.resource(id).is_none())
             .ok_or_else(|| ProxyError::Full(config.max_resources))?;
-        let spec = ResourceSpec {
-            id: id.clone(),
+        // The same validator as the config file and the API: the URL and
+        // headers come from a client's request.
+        let spec = ResourceSpec::validate(ResourceInput {
+            id: Some(id.as_str().to_owned()),
             url: url.to_owned(),
-            interval: config.interval,
+            interval: Some(config.interval),
             headers: headers.clone(),
-            snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
-            retain: Some(ResourceSpec::AD_HOC_RETAIN),
+            snapshot_every: None,
+            retain: Some(Some(ResourceSpec::AD_HOC_RETAIN)),
             ad_hoc: true,
-        };
+        })
+        .map_err(|e| ProxyError::Refused(FetchError::InvalidUrl(e.to_string())))?;
         let created = self.store.create(spec, now_ms()).await?;
         // Registered (and its idle clock started) only now: a slow create
         // must not look idle to the reaper.
