@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use patchfeed::app;
 use patchfeed::config::Config;
 use patchfeed::model::{now_ms, ResourceId, ResourceSpec};
-use patchfeed::registry::Registry;
+use patchfeed::Registry;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio_util::sync::CancellationToken;

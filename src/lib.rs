@@ -1,24 +1,36 @@
-//! patchfeed turns any JSON-over-HTTP API into a resumable stream of changes.
+//! patchfeed turns any JSON-over-HTTP API into a resumable stream of
+//! changes: it polls each upstream, diffs versions into RFC 6902 patches,
+//! appends them to a durable per-resource log, and serves them.
 //!
-//! Code map:
-//! - `model`: pure domain types (`ResourceId`, `EventId`, `Point`, `Event`).
-//! - `diff`: pure RFC 6902 diff/apply.
-//! - `log`: the durable per-resource change log; the only module naming sled.
-//! - `cpu`: where the CPU-heavy steps of ingest (parse, diff) run.
+//! Code map (details in `docs/ARCHITECTURE.md`):
+//! - [`model`], [`diff`]: pure domain types and the RFC 6902 diff.
+//! - [`store`]: the `Storage` trait every layer above the log talks to;
+//!   [`log`]: its sled backend, the only code that names sled.
+//! - `poll`: fetch, guard, back-off, one poller per resource; `cpu`: where
+//!   heavy parses and diffs run.
+//! - `hub` → `feed` → `transport`: live fan-out, one subscriber's gap-free
+//!   cursor, and its wire encodings (SSE).
+//! - [`Registry`] (resources and their pollers, compactor, proxy) →
+//!   `service` (the operations the API sees) → [`api`] (routes, auth,
+//!   errors).
+//! - [`app`]: assembly from a [`config::Config`], accept loop, shutdown;
+//!   [`cli`]: the command line.
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod cpu;
-pub mod demo;
+mod cpu;
+mod demo;
 pub mod diff;
-pub mod feed;
-pub mod hub;
+mod feed;
+mod hub;
 pub mod log;
-pub mod metrics;
+mod metrics;
 pub mod model;
 pub mod poll;
-pub mod registry;
-pub mod service;
+mod registry;
+mod service;
 pub mod store;
-pub mod transport;
+mod transport;
+
+pub use registry::Registry;

@@ -14,7 +14,7 @@ use axum::response::Response;
 use patchfeed::api::{self, HttpLimits};
 use patchfeed::app::{self, Tasks};
 use patchfeed::config::Config;
-use patchfeed::registry::Registry;
+use patchfeed::Registry;
 use patchfeed::store::Store;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
