@@ -32,15 +32,21 @@ fn rid(r: usize) -> ResourceId {
 }
 
 /// Version `seq` of resource `r`: changes everywhere a patch can, including
-/// a front insert into an array and keys that need escaping.
+/// a front insert into an array and keys that need escaping. The last
+/// resource's documents (and patches) are ~9 KB, over the store's chunk
+/// size, so kills also land inside chunked writes.
 fn doc(r: usize, seq: u64) -> Value {
-    json!({
+    let mut d = json!({
         "seq": seq,
         "r": r,
         "list": (0..(seq % 9)).rev().collect::<Vec<_>>(),
         "a/b~c": format!("é{seq}"),
         "nested": { "even": seq.is_multiple_of(2), "third": seq / 3 },
-    })
+    });
+    if r == RESOURCES - 1 {
+        d["pad"] = json!(format!("{seq:x}").repeat(9000 / format!("{seq:x}").len()));
+    }
+    d
 }
 
 fn seq_of(v: &Value) -> u64 {

@@ -10,9 +10,18 @@ use serde::{Deserialize, Serialize};
 use crate::model::{is_ad_hoc_id, ResourceId, ResourceRecord, ResourceSpec};
 
 /// Version of the whole storage format, kept under `keys::VERSION`.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Version 2 added chunked event and snapshot values (`keys`); a version-1
+/// data dir is valid version-2 data, so `Store::open` upgrades it in place
+/// by rewriting the version key (an older patchfeed then refuses the dir
+/// with a clear error instead of misreading a chunked value).
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// Format versions that `Store::open` reads (and upgrades to the current).
+pub(crate) const READABLE_VERSIONS: [u32; 2] = [1, FORMAT_VERSION];
 
 const RECORD_V1: u8 = 1;
+/// An event or snapshot value whose JSON is stored in chunks.
+const CHUNKED_V2: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct DiskResource {
@@ -89,8 +98,8 @@ pub(crate) fn decode_resource(v: &[u8]) -> Option<(u64, ResourceRecord)> {
     ))
 }
 
-/// Events and snapshots: version byte, then JSON text (a patch array, or a
-/// whole document).
+/// Events and snapshots stored inline: version byte, then JSON text (a
+/// patch array, or a whole document).
 pub(crate) fn encode_json(json: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(json.len() + 1);
     out.push(RECORD_V1);
@@ -98,10 +107,37 @@ pub(crate) fn encode_json(json: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The JSON text inside an event or snapshot value, without copying.
-pub(crate) fn decode_json(v: &sled::IVec) -> Option<Bytes> {
-    match v.first() {
-        Some(&RECORD_V1) => Some(Bytes::copy_from_slice(&v[1..])),
+/// Length of a chunked value's head: version, JSON length, chunk count.
+pub(crate) const CHUNKED_HEAD_LEN: usize = 1 + 8 + 4;
+
+/// The head of a chunked event or snapshot: version byte 2, the JSON's
+/// length (u64 BE) and its number of chunks (u32 BE). The chunks are the
+/// JSON's bytes in order, under `keys::chunk`.
+pub(crate) fn encode_chunked(len: u64, chunks: u32) -> [u8; CHUNKED_HEAD_LEN] {
+    let mut out = [0u8; CHUNKED_HEAD_LEN];
+    out[0] = CHUNKED_V2;
+    out[1..9].copy_from_slice(&len.to_be_bytes());
+    out[9..].copy_from_slice(&chunks.to_be_bytes());
+    out
+}
+
+/// An event or snapshot value, decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// The JSON text itself.
+    Inline(Bytes),
+    /// The JSON is `len` bytes in `chunks` chunks.
+    Chunked { len: u64, chunks: u32 },
+}
+
+pub(crate) fn decode_value(v: &[u8]) -> Option<Stored> {
+    match v.split_first()? {
+        (&RECORD_V1, json) => Some(Stored::Inline(Bytes::copy_from_slice(json))),
+        (&CHUNKED_V2, head) => {
+            let len = u64::from_be_bytes(head.get(..8)?.try_into().ok()?);
+            let chunks = u32::from_be_bytes(head.get(8..)?.try_into().ok()?);
+            Some(Stored::Chunked { len, chunks })
+        }
         _ => None,
     }
 }
@@ -183,5 +219,24 @@ mod tests {
             Some(ResourceSpec::AD_HOC_RETAIN),
             false
         )));
+    }
+
+    #[test]
+    fn inline_and_chunked_values_decode_and_garbage_does_not() {
+        assert_eq!(
+            decode_value(&encode_json(b"[1]")),
+            Some(Stored::Inline(Bytes::from_static(b"[1]")))
+        );
+        assert_eq!(
+            decode_value(&encode_chunked(1 << 33, 7)),
+            Some(Stored::Chunked {
+                len: 1 << 33,
+                chunks: 7
+            })
+        );
+        assert_eq!(decode_value(&encode_chunked(5, 1)[..12]), None);
+        assert_eq!(decode_value(&[2; CHUNKED_HEAD_LEN + 1]), None);
+        assert_eq!(decode_value(&[9, b'1']), None);
+        assert_eq!(decode_value(&[]), None);
     }
 }

@@ -13,8 +13,22 @@
 //! | `R` resource-id bytes                 | resource record (`codec`)           |
 //! | `E` rkey u64 BE, event ULID 16 bytes  | event: patch JSON (`codec`)         |
 //! | `S` rkey u64 BE, event ULID 16 bytes  | snapshot: document after that event |
+//! | `e` rkey, event ULID, chunk u32 BE    | one chunk of a chunked event value  |
+//! | `s` rkey, event ULID, chunk u32 BE    | one chunk of a chunked snapshot     |
 //! | `H` rkey u64 BE                       | horizon ULID; present once compacted|
 //! | `D` rkey u64 BE                       | tombstone: deleted, purge pending   |
+//!
+//! An `E` or `S` value whose JSON is longer than the store's chunk size is
+//! stored chunked (format version 2): the `E`/`S` value only says how many
+//! bytes and chunks there are, and the JSON is split, in order, over the
+//! `e`/`s` keys with the same rkey and ULID and chunk index 0, 1, ....
+//! sled 0.34 writes any page fragment over a quarter of its segment size
+//! to a separate blob file and, when every write is such a blob, deletes
+//! replaced blobs hardly ever (and never after a restart), so no value
+//! handed to sled may come near that size; see `values`. Shorter values
+//! are stored inline exactly as in format version 1, so a version-1 data
+//! dir is read unchanged. Chunk keys live under their own tags so that the
+//! range scans over `E` and `S` keys see one key per event or snapshot.
 
 use ulid::Ulid;
 
@@ -25,6 +39,8 @@ pub(crate) const NEXT_RKEY: &[u8] = b"Q";
 pub(crate) const RESOURCE: u8 = b'R';
 pub(crate) const EVENT: u8 = b'E';
 pub(crate) const SNAPSHOT: u8 = b'S';
+pub(crate) const EVENT_CHUNK: u8 = b'e';
+pub(crate) const SNAPSHOT_CHUNK: u8 = b's';
 pub(crate) const HORIZON: u8 = b'H';
 pub(crate) const TOMBSTONE: u8 = b'D';
 
@@ -53,6 +69,54 @@ pub(crate) fn entry_prefix(tag: u8, rkey: u64) -> [u8; 9] {
     k[0] = tag;
     k[1..].copy_from_slice(&rkey.to_be_bytes());
     k
+}
+
+/// Length of a chunk key: an entry key and a chunk index.
+pub(crate) const CHUNK_KEY_LEN: usize = ENTRY_KEY_LEN + 4;
+
+/// The chunk tag of an entry tag: `e` for `E`, `s` for `S`.
+pub(crate) fn chunk_tag(tag: u8) -> u8 {
+    tag.to_ascii_lowercase()
+}
+
+/// Key of chunk `index` of the chunked `E` or `S` value at (`rkey`, `id`).
+pub(crate) fn chunk(tag: u8, rkey: u64, id: Ulid, index: u32) -> [u8; CHUNK_KEY_LEN] {
+    let mut k = [0u8; CHUNK_KEY_LEN];
+    k[..ENTRY_KEY_LEN].copy_from_slice(&entry(chunk_tag(tag), rkey, id));
+    k[ENTRY_KEY_LEN..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Key of chunk `index` of the value under `entry_key` (an `E` or `S` key),
+/// if `entry_key` has that shape.
+pub(crate) fn chunk_of(entry_key: &[u8], index: u32) -> Option<[u8; CHUNK_KEY_LEN]> {
+    if entry_key.len() != ENTRY_KEY_LEN {
+        return None;
+    }
+    let mut k = [0u8; CHUNK_KEY_LEN];
+    k[0] = chunk_tag(entry_key[0]);
+    k[1..ENTRY_KEY_LEN].copy_from_slice(&entry_key[1..]);
+    k[ENTRY_KEY_LEN..].copy_from_slice(&index.to_be_bytes());
+    Some(k)
+}
+
+/// The smallest key above every key that starts with `prefix`; `None` if
+/// there is none (the prefix is all 0xff).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// The chunk index in a chunk key, if the key has that shape.
+pub(crate) fn chunk_index(key: &[u8]) -> Option<u32> {
+    let b: [u8; 4] = key.get(ENTRY_KEY_LEN..)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
 }
 
 pub(crate) fn per_rkey(tag: u8, rkey: u64) -> [u8; 9] {
@@ -104,5 +168,40 @@ mod tests {
         assert_eq!(entry_id(&b), Some(EventId(Ulid::from_parts(6, 0))));
         assert_eq!(entry_id(&b[..10]), None);
         assert!(a.starts_with(&entry_prefix(EVENT, 1)));
+    }
+
+    #[test]
+    fn chunk_keys_sort_by_entry_then_index_under_their_own_tag() {
+        let id = Ulid::from_parts(5, 7);
+        let c0 = chunk(EVENT, 1, id, 0);
+        let c1 = chunk(EVENT, 1, id, 1);
+        let next = chunk(EVENT, 1, Ulid::from_parts(6, 0), 0);
+        assert!(c0 < c1 && c1 < next);
+        assert_eq!(c0[0], EVENT_CHUNK);
+        assert_eq!(chunk(SNAPSHOT, 1, id, 0)[0], SNAPSHOT_CHUNK);
+        assert!(c0.starts_with(&entry(EVENT_CHUNK, 1, id)));
+        assert_eq!(chunk_index(&c1), Some(1));
+        assert_eq!(chunk_index(&c1[..ENTRY_KEY_LEN]), None);
+        // Every chunk of an id sorts between that id's entry key and the
+        // next id's: the id ranges used by compaction cover whole values.
+        assert!(entry(EVENT_CHUNK, 1, id)[..] < c0[..]);
+        assert!(
+            chunk(EVENT, 1, id, u32::MAX)[..] < entry(EVENT_CHUNK, 1, Ulid::from_parts(5, 8))[..]
+        );
+        assert_eq!(
+            chunk_of(&entry(SNAPSHOT, 1, id), 3),
+            Some(chunk(SNAPSHOT, 1, id, 3))
+        );
+        assert_eq!(chunk_of(&c0, 3), None);
+    }
+
+    #[test]
+    fn prefix_end_is_above_every_key_with_the_prefix() {
+        let p = entry_prefix(EVENT_CHUNK, 7);
+        let end = prefix_end(&p).unwrap();
+        assert!(chunk(EVENT, 7, Ulid::max(), u32::MAX)[..] < end[..]);
+        assert!(entry_prefix(EVENT_CHUNK, 8)[..] >= end[..]);
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
     }
 }

@@ -20,6 +20,11 @@
 //! harmless alone, and last the key that makes it visible. An event's
 //! snapshot goes before the event, and a snapshot whose event is missing is
 //! ignored (`rebuild`) and removed at open.
+//!
+//! Event and snapshot values longer than a few KiB are stored in chunks
+//! (`values`): sled 0.34 keeps large values in blob files that it does not
+//! reliably delete, so disk use would not follow what is retained. Chunks
+//! are written before the key that makes their value exist, like the rest.
 
 mod codec;
 mod commit;
@@ -30,13 +35,14 @@ mod integrity_tests;
 mod keys;
 #[cfg(test)]
 mod tests;
+mod values;
 
 pub use commit::StorageHealth;
 pub use depth::{check_depth, TooDeep, MAX_DOC_DEPTH};
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
@@ -202,6 +208,9 @@ struct Inner {
     unattributed: Vec<Unattributed>,
     /// Appends whose diff ran out of budget (stored as a root `replace`).
     diff_fallbacks: AtomicU64,
+    /// JSON longer than this is stored chunked (`values`). Reads do not
+    /// depend on it; tests shrink it so small documents take the chunk path.
+    chunk_bytes: AtomicUsize,
 }
 
 impl Drop for Inner {
@@ -260,6 +269,30 @@ struct State {
 /// Most keys removed per sled batch while compacting or purging, so that no
 /// single batch holds the tree for long.
 const DELETE_CHUNK: usize = 1024;
+
+/// Attempts of [`Store::history`] when compactions keep removing what it
+/// reads; each one moves the horizon, so a retry rarely races again.
+const HISTORY_ATTEMPTS: u32 = 4;
+
+enum HistoryFailed {
+    /// A compaction moved the horizon while the scan read: try again.
+    Raced(StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for HistoryFailed {
+    fn from(e: StoreError) -> Self {
+        HistoryFailed::Store(e)
+    }
+}
+
+/// Every per-event key family, removed together by compaction and purge.
+const ENTRY_TAGS: [u8; 4] = [
+    keys::EVENT,
+    keys::EVENT_CHUNK,
+    keys::SNAPSHOT,
+    keys::SNAPSHOT_CHUNK,
+];
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -329,11 +362,17 @@ impl Store {
                 let found = <[u8; 4]>::try_from(v.as_ref())
                     .map(u32::from_be_bytes)
                     .map_err(|_| corrupt(keys::VERSION))?;
-                if found != codec::FORMAT_VERSION {
+                if !codec::READABLE_VERSIONS.contains(&found) {
                     return Err(StoreError::Version {
                         found,
                         expected: codec::FORMAT_VERSION,
                     });
+                }
+                if found != codec::FORMAT_VERSION {
+                    // Version-1 data is valid as is; the new version only
+                    // keeps an older patchfeed from misreading chunks.
+                    db.insert(keys::VERSION, &codec::FORMAT_VERSION.to_be_bytes())?;
+                    db.flush()?;
                 }
             }
             None if db.is_empty() => {
@@ -405,6 +444,7 @@ impl Store {
                 health,
                 unattributed,
                 diff_fallbacks: AtomicU64::new(0),
+                chunk_bytes: AtomicUsize::new(values::CHUNK_BYTES),
             }),
         };
         // Finish purges that a crash interrupted.
@@ -412,6 +452,16 @@ impl Store {
             store.purge(rkey)?;
         }
         Ok(store)
+    }
+
+    /// Sets the chunk size for values written from now on.
+    #[cfg(test)]
+    fn set_chunk_bytes(&self, n: usize) {
+        self.inner.chunk_bytes.store(n, Ordering::Relaxed);
+    }
+
+    fn chunk_bytes(&self) -> usize {
+        self.inner.chunk_bytes.load(Ordering::Relaxed)
     }
 
     /// Group-commit flushes (fsyncs) so far; appends share them.
@@ -573,7 +623,7 @@ impl Store {
 
     /// Removes every key of a deleted resource, then its tombstone.
     fn purge(&self, rkey: u64) -> Result<(), StoreError> {
-        for tag in [keys::EVENT, keys::SNAPSHOT] {
+        for tag in ENTRY_TAGS {
             self.remove_below(tag, rkey, None)?;
         }
         // The tombstone last, so an interrupted purge is resumed at open.
@@ -586,25 +636,31 @@ impl Store {
         Ok(())
     }
 
-    /// Removes the `tag` entries of `rkey` with id < `below` (all if None),
-    /// oldest first, listing them in bounded chunks. Returns how many were
-    /// removed.
+    /// Removes the `tag` keys of `rkey` (entries, or chunks with a chunk
+    /// tag) with id < `below` (all if None), oldest first, listing them in
+    /// bounded chunks. Returns how many keys were removed.
     fn remove_below(&self, tag: u8, rkey: u64, below: Option<EventId>) -> Result<u64, StoreError> {
         let tree = &self.inner.tree;
-        let start = keys::entry(tag, rkey, Ulid::nil());
-        let end = keys::entry(tag, rkey, below.map_or(Ulid::max(), |b| b.0));
+        let start = keys::entry_prefix(tag, rkey).to_vec();
+        // Chunk keys of id `below` sort after its entry-shaped key, so they
+        // stay; every key of a lower id sorts before it.
+        let end = match below {
+            Some(b) => Some(keys::entry(tag, rkey, b.0).to_vec()),
+            None => keys::prefix_end(&start),
+        };
         let mut removed = 0u64;
         loop {
-            let chunk: Vec<sled::IVec> = if below.is_some() {
-                tree.range(start..end)
+            let chunk: Vec<sled::IVec> = match &end {
+                Some(end) => tree
+                    .range(start.as_slice()..end.as_slice())
                     .keys()
                     .take(DELETE_CHUNK)
-                    .collect::<Result<_, _>>()?
-            } else {
-                tree.range(start..=end)
+                    .collect::<Result<_, _>>()?,
+                None => tree
+                    .range(start.as_slice()..)
                     .keys()
                     .take(DELETE_CHUNK)
-                    .collect::<Result<_, _>>()?
+                    .collect::<Result<_, _>>()?,
             };
             if chunk.is_empty() {
                 return Ok(removed);
@@ -731,10 +787,10 @@ impl Store {
         let snapshot_every = read(&entry.record).spec.snapshot_every.max(1);
         let snapshot = state.head.is_none() || state.since_snapshot + 1 >= snapshot_every;
 
-        let ekey = keys::entry(keys::EVENT, entry.rkey, event_id.0);
-        let skey = keys::entry(keys::SNAPSHOT, entry.rkey, event_id.0);
-        let event_value = codec::encode_json(&patch_json);
-        let snapshot_value = snapshot.then(|| codec::encode_json(&doc_json));
+        let rkey = entry.rkey;
+        let chunk_bytes = self.chunk_bytes();
+        let event_json = patch_json.clone();
+        let snapshot_json = snapshot.then(|| doc_json.clone());
         write(&entry.state).allocated = Some(event_id);
         // From here the log and the in-memory head must move together, so
         // the commit runs in its own task: dropping this future (a cancelled
@@ -743,25 +799,28 @@ impl Store {
         let commit = tokio::spawn(async move {
             let _guard = guard;
             // The snapshot first: the event is what makes the version
-            // exist, and a snapshot without its event is ignored.
+            // exist, and a snapshot without its event is ignored. Each value
+            // writes its chunks (if any) before its key.
             let health = &store.inner.health;
-            if let Some(v) = snapshot_value {
-                store
-                    .inner
-                    .tree
-                    .insert(&skey[..], v)
+            let tree = &store.inner.tree;
+            if let Some(json) = &snapshot_json {
+                values::put(tree, keys::SNAPSHOT, rkey, event_id.0, json, chunk_bytes)
                     .map_err(|e| health.failed(e))?;
             }
-            store
-                .inner
-                .tree
-                .insert(&ekey[..], event_value)
-                .map_err(|e| health.failed(e))?;
+            values::put(
+                tree,
+                keys::EVENT,
+                rkey,
+                event_id.0,
+                &event_json,
+                chunk_bytes,
+            )
+            .map_err(|e| health.failed(e))?;
             if let Err(e) = store.inner.commit.durable().await {
                 // Not durable, never published: take it back so the log stays
                 // a chain of what readers saw. Best effort: the disk is failing.
-                let _ = store.inner.tree.remove(&ekey[..]);
-                let _ = store.inner.tree.remove(&skey[..]);
+                let _ = values::remove(tree, keys::EVENT, rkey, event_id.0);
+                let _ = values::remove(tree, keys::SNAPSHOT, rkey, event_id.0);
                 return Err(StoreError::Flush(e));
             }
             let mut s = write(&entry.state);
@@ -822,14 +881,16 @@ impl Store {
         if after >= head.id.0 || limit == 0 {
             return Ok(ReadAfter::Events(Vec::new()));
         }
-        let events = self.scan_events(entry.rkey, after, head.id.0, limit, max_bytes)?;
-        // A compaction may have moved the horizon past `after` meanwhile.
+        let events = self.scan_events(entry.rkey, after, head.id.0, limit, max_bytes);
+        // A compaction may have moved the horizon past `after` meanwhile
+        // (and removed chunks the scan was reading: the answer then is the
+        // horizon, not that error).
         if let Some(h) = read(&entry.state).horizon {
             if after < h.0 {
                 return Ok(ReadAfter::BeforeHorizon { horizon: h });
             }
         }
-        Ok(ReadAfter::Events(events))
+        Ok(ReadAfter::Events(events?))
     }
 
     /// Events in (after, upto], at most `limit`, and no more once their
@@ -855,7 +916,7 @@ impl Store {
             }
             let (k, v) = kv?;
             let id = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
-            let patch = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
+            let patch = values::get(&self.inner.tree, &k, &v)?;
             bytes = bytes.saturating_add(patch.len());
             out.push(Event { id, patch });
         }
@@ -933,6 +994,25 @@ impl Store {
         before: Option<Point>,
         limit: usize,
     ) -> Result<History, StoreError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.history_once(id, after, before, limit) {
+                Ok(h) => return Ok(h),
+                Err(HistoryFailed::Raced(_)) if attempts < HISTORY_ATTEMPTS => continue,
+                Err(HistoryFailed::Raced(e) | HistoryFailed::Store(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// One attempt of [`Store::history`].
+    fn history_once(
+        &self,
+        id: &ResourceId,
+        after: Option<Point>,
+        before: Option<Point>,
+        limit: usize,
+    ) -> Result<History, HistoryFailed> {
         let entry = self.entry(id)?;
         let s = read(&entry.state).clone();
         let (Some(head), Some(horizon)) = (s.head, s.horizon) else {
@@ -958,15 +1038,26 @@ impl Store {
                 next_after: None,
             });
         }
-        let mut events =
-            self.scan_events(entry.rkey, lo, hi, limit.saturating_add(1), usize::MAX)?;
+        let scanned = self.scan_events(entry.rkey, lo, hi, limit.saturating_add(1), usize::MAX);
         // A compaction may have moved the horizon meanwhile: an explicit
         // interval that now starts below it is gone; an open one starts at it.
         let now = read(&entry.state).clone();
-        if let Some(h) = now.horizon.filter(|_| now.compacted) {
+        let compacted_to = now.horizon.filter(|_| now.compacted);
+        if let Some(h) = compacted_to {
             if after.is_some() && lo < h.0 {
                 return Ok(History::Compacted { horizon: h });
             }
+        }
+        let mut events = match scanned {
+            Ok(events) => events,
+            // The compaction removed chunks of an event below the new
+            // horizon while the scan read them: scan again from there.
+            Err(e) if compacted_to.is_some_and(|h| h != horizon) => {
+                return Err(HistoryFailed::Raced(e));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(h) = compacted_to {
             events.retain(|e| e.id >= h);
         }
         let next_after = if events.len() > limit {
@@ -1008,11 +1099,20 @@ impl Store {
             .rebuild(entry.rkey, new_horizon.0)?
             .ok_or_else(|| corrupt(&k))?;
         debug_assert_eq!(at, new_horizon);
-        // The snapshot first: alone, it is a correct extra snapshot.
-        self.inner.tree.insert(
-            &keys::entry(keys::SNAPSHOT, entry.rkey, new_horizon.0)[..],
-            codec::encode_json(&serde_json::to_vec(&doc).expect("document serializes")),
-        )?;
+        // The snapshot first: alone, it is a correct extra snapshot. If the
+        // event has one already, it stays: rewriting a chunked value in
+        // place could hand a concurrent reader chunks of two writes.
+        let skey = keys::entry(keys::SNAPSHOT, entry.rkey, new_horizon.0);
+        if !self.inner.tree.contains_key(skey)? {
+            values::put(
+                &self.inner.tree,
+                keys::SNAPSHOT,
+                entry.rkey,
+                new_horizon.0,
+                &serde_json::to_vec(&doc).expect("document serializes"),
+                self.chunk_bytes(),
+            )?;
+        }
         self.inner.tree.insert(
             &keys::per_rkey(keys::HORIZON, entry.rkey)[..],
             &new_horizon.to_bytes()[..],
@@ -1024,15 +1124,21 @@ impl Store {
             st.compacted = true;
         }
         // Readers now refuse points below the new horizon, so the old keys
-        // can go. A crash here leaves unreachable keys that the next
+        // can go, each family's entry keys before their chunks. A crash
+        // here leaves unreachable keys (or chunks) that the next
         // compaction removes.
         let mut removed_events = 0;
         let mut removed_snapshots = 0;
         for (tag, count) in [
-            (keys::EVENT, &mut removed_events),
-            (keys::SNAPSHOT, &mut removed_snapshots),
+            (keys::EVENT, Some(&mut removed_events)),
+            (keys::EVENT_CHUNK, None),
+            (keys::SNAPSHOT, Some(&mut removed_snapshots)),
+            (keys::SNAPSHOT_CHUNK, None),
         ] {
-            *count = self.remove_below(tag, entry.rkey, Some(new_horizon))?;
+            let removed = self.remove_below(tag, entry.rkey, Some(new_horizon))?;
+            if let Some(count) = count {
+                *count = removed;
+            }
             tokio::task::yield_now().await;
         }
         Ok(Compaction::Done {
@@ -1147,7 +1253,7 @@ fn rebuild(
     let Some((k, v, mut id)) = found else {
         return Ok(None);
     };
-    let json = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
+    let json = values::get(tree, &k, &v)?;
     let mut doc: Value = serde_json::from_slice(&json).map_err(|_| corrupt(&k))?;
     if let Some(first) = keys::succ(id.0) {
         let lo = keys::entry(keys::EVENT, rkey, first);
@@ -1156,7 +1262,7 @@ fn rebuild(
             for kv in tree.range(lo..=hi) {
                 let (k, v) = kv?;
                 let eid = keys::entry_id(&k).ok_or_else(|| corrupt(&k))?;
-                let json = codec::decode_json(&v).ok_or_else(|| corrupt(&k))?;
+                let json = values::get(tree, &k, &v)?;
                 let patch: json_patch::Patch =
                     serde_json::from_slice(&json).map_err(|_| corrupt(&k))?;
                 // On error the document is dropped: no undo log needed.
@@ -1170,9 +1276,11 @@ fn rebuild(
 }
 
 /// Removes the snapshots after the last event `last` (all of them if there
-/// is none): a crash between writing a snapshot and its event leaves one.
-/// Left in place, it would be counted as the newest snapshot, and a later
-/// event could (in theory) be given its id.
+/// is none), and the chunks of snapshots and events after it: a crash
+/// between writing a snapshot and its event leaves a snapshot, and one
+/// inside a chunked write leaves chunks. Left in place, a snapshot would
+/// be counted as the newest one, and a later event could (in theory) be
+/// given its id. The snapshot key goes before its chunks.
 fn remove_orphan_snapshots(
     tree: &sled::Tree,
     rkey: u64,
@@ -1185,15 +1293,19 @@ fn remove_orphan_snapshots(
             None => return Ok(()),
         },
     };
-    let orphans: Vec<sled::IVec> = tree
-        .range(
-            keys::entry(keys::SNAPSHOT, rkey, first)
-                ..=keys::entry(keys::SNAPSHOT, rkey, Ulid::max()),
-        )
-        .keys()
-        .collect::<Result<_, _>>()?;
-    for k in orphans {
-        tree.remove(k)?;
+    for tag in [keys::SNAPSHOT, keys::SNAPSHOT_CHUNK, keys::EVENT_CHUNK] {
+        let start = keys::entry(tag, rkey, first);
+        let end = keys::prefix_end(&keys::entry_prefix(tag, rkey))
+            .expect("a tag is not 0xff, so its prefixes have an end");
+        // Bounded by what one crash can leave: the chunks of one event and
+        // its snapshot.
+        let orphans: Vec<sled::IVec> = tree
+            .range(&start[..]..end.as_slice())
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in orphans {
+            tree.remove(k)?;
+        }
     }
     Ok(())
 }
