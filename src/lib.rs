@@ -27,10 +27,11 @@ mod hub;
 pub mod log;
 mod metrics;
 pub mod model;
-pub mod poll;
+mod poll;
 mod registry;
 mod service;
 pub mod store;
 mod transport;
 
+pub use poll::fetch;
 pub use registry::Registry;

@@ -10,6 +10,10 @@
 //!   ends at the head);
 //! - the next child continues the chain from the stored head.
 //!
+//! Child and parent use the log only through the `Storage` trait
+//! (`store::Store`), so another backend runs the same test by opening
+//! itself where `open_sled` is called.
+//!
 //! Bounded: `PATCHFEED_CRASH_ROUNDS` kills (default 30), each after
 //! 50–400 ms of appending.
 
@@ -17,8 +21,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use patchfeed::log::{At, ReadAfter, Store};
 use patchfeed::model::{EventId, Point, ResourceId, ResourceSpec};
+use patchfeed::store::{open_sled, At, ReadAfter, Store};
 use serde_json::{json, Value};
 use ulid::Ulid;
 
@@ -68,7 +72,7 @@ fn spec(r: usize) -> ResourceSpec {
 fn child(dir: &str) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store = Store::open(std::path::Path::new(dir)).unwrap();
+        let store: Store = open_sled(std::path::Path::new(dir)).unwrap();
         let mut tasks = Vec::new();
         for r in 0..RESOURCES {
             store
@@ -83,8 +87,8 @@ fn child(dir: &str) {
                     None => 0,
                 };
                 for seq in start..start + MAX_APPENDS {
-                    let e = store
-                        .append(&id, doc(r, seq))
+                    let (e, _prev) = store
+                        .append(&id, doc(r, seq), patchfeed::model::now_ms())
                         .await
                         .unwrap()
                         .expect("every version differs");
@@ -122,16 +126,29 @@ fn verify(
     reported: &[Reported],
     round: usize,
 ) -> Vec<Option<(EventId, u64)>> {
-    let store = Store::open(dir).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(verify_store(dir, reported, round))
+}
+
+/// [`verify`] through the `Storage` trait, as every backend is read.
+async fn verify_store(
+    dir: &std::path::Path,
+    reported: &[Reported],
+    round: usize,
+) -> Vec<Option<(EventId, u64)>> {
+    let store: Store = open_sled(dir).unwrap();
     for rep in reported {
         let id = rid(rep.r);
         assert!(
-            store.contains(&id, rep.id).unwrap(),
+            store.contains(&id, rep.id).await.unwrap(),
             "round {round}: reported durable event {} of r{} is missing",
             rep.id,
             rep.r
         );
-        match store.document_at(&id, Point::Id(rep.id.0)).unwrap() {
+        match store.document_at(&id, Point::Id(rep.id.0)).await.unwrap() {
             At::Found { id: found, doc: d } => {
                 assert_eq!(
                     found, rep.id,
@@ -160,7 +177,8 @@ fn verify(
             continue;
         };
         // Replay the whole chain from the horizon.
-        let At::Found { doc: first, .. } = store.document_at(&id, Point::Id(horizon.0)).unwrap()
+        let At::Found { doc: first, .. } =
+            store.document_at(&id, Point::Id(horizon.0)).await.unwrap()
         else {
             panic!("round {round}: no document at the horizon of r{r}");
         };
@@ -172,7 +190,11 @@ fn verify(
         );
         let mut cursor = horizon;
         loop {
-            let ReadAfter::Events(events) = store.read_after(&id, cursor.0, 1000).unwrap() else {
+            let ReadAfter::Events(events) = store
+                .read_after(&id, cursor.0, 1000, usize::MAX)
+                .await
+                .unwrap()
+            else {
                 panic!("round {round}: read_after(horizon) of r{r} is before the horizon");
             };
             for e in &events {

@@ -1141,7 +1141,7 @@ async fn allow_private_upstreams_lifts_the_guard_but_not_the_scheme_check() {
 
 #[tokio::test]
 async fn a_redirect_to_a_refused_host_is_not_followed() {
-    use patchfeed::poll::fetch::{FetchConfig, FetchError, Fetched, Fetcher, Validators};
+    use patchfeed::fetch::{FetchConfig, FetchError, Fetched, Fetcher, Validators};
     let up = upstream().await;
     let port = up.addr.port();
     let fetcher = |allowed: &str| {

@@ -24,8 +24,6 @@ pub enum ApiError {
     /// Well-formed body with a bad field.
     #[error("{0}")]
     InvalidResource(String),
-    #[error("request body too large")]
-    PayloadTooLarge,
     #[error("{point} is before the horizon {horizon}: that history was compacted away")]
     Compacted { point: String, horizon: EventId },
     #[error("{0} is before the first version of the document")]
@@ -58,7 +56,6 @@ impl ApiError {
             ApiError::ResourceExists(_) => StatusCode::CONFLICT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidResource(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Compacted { .. } => StatusCode::GONE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::UpstreamRefused(_) => StatusCode::FORBIDDEN,
@@ -78,7 +75,6 @@ impl ApiError {
             ApiError::ResourceExists(_) => "resource_exists",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::InvalidResource(_) => "invalid_resource",
-            ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Compacted { .. } => "compacted",
             ApiError::NotYet(_) => "not_yet",
             ApiError::Unauthorized => "unauthorized",

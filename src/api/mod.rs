@@ -4,7 +4,7 @@
 
 mod auth;
 mod documents;
-pub mod error;
+pub(crate) mod error;
 mod events;
 mod openapi;
 mod ops;
@@ -23,8 +23,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use auth::Auth;
-pub use error::ApiError;
+pub(crate) use auth::Auth;
+pub(crate) use error::ApiError;
 
 use crate::model::ResourceId;
 use crate::service::Service;
@@ -32,8 +32,8 @@ use crate::service::Service;
 /// What every handler sees: the one service, and the credentials.
 #[derive(Clone)]
 pub struct AppState {
-    pub service: Arc<Service>,
-    pub auth: Arc<Auth>,
+    pub(crate) service: Arc<Service>,
+    pub(crate) auth: Arc<Auth>,
 }
 
 /// Limits applied by the router's layers.

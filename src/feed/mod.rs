@@ -86,17 +86,6 @@ pub enum Message {
     KeepAlive,
 }
 
-impl Message {
-    /// The event this message carries, if any.
-    pub fn event(&self) -> Option<&Event> {
-        match self {
-            Message::Patch(e) => Some(e),
-            Message::Live(p) => Some(&p.event),
-            _ => None,
-        }
-    }
-}
-
 /// The keep-alive timer's period: half the promised interval, so that a
 /// tick that finds nothing sent since the one before it yields a heartbeat
 /// at most `keep_alive` after the last message. Re-arming a timer per

@@ -43,6 +43,7 @@ impl Backoff {
         self.failures = 0;
     }
 
+    #[cfg(test)]
     pub fn failures(&self) -> u32 {
         self.failures
     }
