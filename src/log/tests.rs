@@ -1,6 +1,7 @@
 //! Model-based tests of the log, after sled's `prop_tree_matches_btreemap`:
 //! random operations run against the real store and a plain in-memory model,
-//! across restarts, and every answer must agree.
+//! across restarts, and every answer must agree. The model test drives the
+//! log through the `Storage` trait (`open_backend`).
 
 use std::time::Duration;
 
@@ -119,6 +120,17 @@ fn apply_patch(doc: &mut Value, patch: &[u8]) {
     diff::apply(doc, &p.0).unwrap();
 }
 
+/// The backend under the model test, opened on `dir`: every operation of
+/// `prop_log_matches_model` goes through the `Storage` trait object; the
+/// concrete handle is for sled-only checks (its chunk keys). sled stores
+/// values longer than `chunk` bytes in chunks. A second backend runs the
+/// same model by opening itself here.
+fn open_backend(dir: &std::path::Path, chunk: usize) -> (crate::store::Store, Arc<Store>) {
+    let sled = Arc::new(Store::open(dir).unwrap());
+    sled.set_chunk_bytes(chunk);
+    (sled.clone(), sled)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -132,8 +144,7 @@ proptest! {
         let rt = rt();
         let id = ResourceId::new("r").unwrap();
         const RETAIN_MS: u64 = 30;
-        let mut store = Store::open(dir.path()).unwrap();
-        store.set_chunk_bytes(chunk_size(first_chunk));
+        let (mut store, mut sled) = open_backend(dir.path(), chunk_size(first_chunk));
         rt.block_on(store.create(spec("r", snapshot_every, Some(Duration::from_millis(RETAIN_MS))), 0)).unwrap();
         let mut m = Model::default();
         let mut clock: i64 = 1_000_000;
@@ -142,7 +153,7 @@ proptest! {
             match op {
                 Op::Append { doc, dt } => {
                     clock += dt;
-                    let got = rt.block_on(store.append_at(&id, doc.clone(), clock as u64)).unwrap();
+                    let got = rt.block_on(store.append(&id, doc.clone(), clock as u64)).unwrap().map(|(e, _)| e);
                     match m.versions.last() {
                         Some((_, last)) if *last == doc => prop_assert!(got.is_none()),
                         prev => {
@@ -161,7 +172,7 @@ proptest! {
                     if m.versions.is_empty() { continue; }
                     let i = at % m.versions.len();
                     let p = m.versions[i].0;
-                    let got = store.read_after(&id, p.0, limit).unwrap();
+                    let got = rt.block_on(store.read_after(&id, p.0, limit, usize::MAX)).unwrap();
                     if i < m.horizon {
                         prop_assert_eq!(got, ReadAfter::BeforeHorizon { horizon: m.versions[m.horizon].0 });
                     } else {
@@ -177,7 +188,7 @@ proptest! {
                 }
                 Op::DocumentAt { at, by_time } => {
                     if m.versions.is_empty() {
-                        prop_assert_eq!(store.document_at(&id, Point::Time(u64::MAX >> 16)).unwrap(), At::NotYet);
+                        prop_assert_eq!(rt.block_on(store.document_at(&id, Point::Time(u64::MAX >> 16))).unwrap(), At::NotYet);
                         continue;
                     }
                     let i = at % m.versions.len();
@@ -189,7 +200,7 @@ proptest! {
                     } else {
                         (Point::Id(m.versions[i].0 .0), i)
                     };
-                    let got = store.document_at(&id, point).unwrap();
+                    let got = rt.block_on(store.document_at(&id, point)).unwrap();
                     if want_idx < m.horizon {
                         let h = m.versions[m.horizon].0;
                         prop_assert_eq!(got, if m.compacted { At::Compacted { horizon: h } } else { At::NotYet });
@@ -202,7 +213,7 @@ proptest! {
                     let n = m.versions.len();
                     let after = after.filter(|_| n > 0).map(|a| a % n);
                     let before = before.filter(|_| n > 0).map(|b| b % n);
-                    let res = store.history(&id, after.map(|a| Point::Id(m.versions[a].0 .0)), before.map(|b| Point::Id(m.versions[b].0 .0)), limit).unwrap();
+                    let res = rt.block_on(store.history(&id, after.map(|a| Point::Id(m.versions[a].0 .0)), before.map(|b| Point::Id(m.versions[b].0 .0)), limit)).unwrap();
                     if m.compacted && after.is_some_and(|a| a < m.horizon) {
                         prop_assert_eq!(res, History::Compacted { horizon: m.versions[m.horizon].0 });
                         continue;
@@ -221,7 +232,7 @@ proptest! {
                             None => break,
                             Some(c) => {
                                 prop_assert_eq!(Some(c), got.last().copied());
-                                res = store.history(&id, Some(Point::Id(c.0)), before.map(|b| Point::Id(m.versions[b].0 .0)), limit).unwrap();
+                                res = rt.block_on(store.history(&id, Some(Point::Id(c.0)), before.map(|b| Point::Id(m.versions[b].0 .0)), limit)).unwrap();
                             }
                         }
                     }
@@ -244,8 +255,8 @@ proptest! {
                 }
                 Op::Restart { chunk_bytes } => {
                     drop(store);
-                    store = Store::open(dir.path()).unwrap();
-                    store.set_chunk_bytes(chunk_size(chunk_bytes));
+                    drop(sled);
+                    (store, sled) = open_backend(dir.path(), chunk_size(chunk_bytes));
                 }
             }
             // Invariants after every op.
@@ -259,12 +270,12 @@ proptest! {
         }
         // Compaction removed the chunks of what it removed: every chunk
         // left belongs to a retained event or snapshot.
-        let rkey = store.entry(&id).unwrap().rkey;
+        let rkey = sled.entry(&id).unwrap().rkey;
         for tag in [keys::EVENT, keys::SNAPSHOT] {
-            for k in store.inner.tree.scan_prefix(keys::entry_prefix(keys::chunk_tag(tag), rkey)).keys() {
+            for k in sled.inner.tree.scan_prefix(keys::entry_prefix(keys::chunk_tag(tag), rkey)).keys() {
                 let k = k.unwrap();
                 let owner = keys::entry(tag, rkey, keys::entry_id(&k[..keys::ENTRY_KEY_LEN]).unwrap().0);
-                prop_assert!(store.inner.tree.contains_key(owner).unwrap(), "chunk {:?} without its entry", k);
+                prop_assert!(sled.inner.tree.contains_key(owner).unwrap(), "chunk {:?} without its entry", k);
             }
         }
     }
