@@ -494,14 +494,7 @@ fn announce(addr: SocketAddr) {
 /// Answers a connection over the cap with a JSON 503, after reading (a
 /// bounded part of) its request so the client sees the answer, not a reset.
 async fn refuse(mut stream: TcpStream) {
-    let body = api::error::body(
-        "too_many_connections",
-        "the server is at its connection limit; retry later",
-    );
-    let resp = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let resp = api::error::too_many_connections();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let mut buf = [0u8; 4096];
         let mut seen = Vec::with_capacity(1024);

@@ -92,6 +92,40 @@ pub fn body(code: &str, message: &str) -> String {
     serde_json::json!({ "error": { "code": code, "message": message } }).to_string()
 }
 
+/// A whole HTTP/1.1 error response as bytes, for answers written outside
+/// the router: `status_line` (e.g. `HTTP/1.1 503 Service Unavailable`),
+/// the JSON content type and length, `connection: close`, then `headers`
+/// (whole `name: value` lines), then the JSON body of `code` and `message`.
+pub(crate) fn raw_response<'a>(
+    status_line: &str,
+    code: &str,
+    message: &str,
+    headers: impl IntoIterator<Item = &'a str>,
+) -> String {
+    let body = body(code, message);
+    let mut out = format!(
+        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for line in headers {
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out
+}
+
+/// The answer to a connection over `limits.max_connections`.
+pub(crate) fn too_many_connections() -> String {
+    raw_response(
+        "HTTP/1.1 503 Service Unavailable",
+        "too_many_connections",
+        "the server is at its connection limit; retry later",
+        ["retry-after: 1"],
+    )
+}
+
 /// A JSON error response with any status.
 pub fn response(status: StatusCode, code: &str, message: &str) -> Response {
     let mut r = (status, body(code, message)).into_response();

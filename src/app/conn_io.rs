@@ -72,18 +72,12 @@ fn replacement(buf: &[u8]) -> Option<Bytes> {
         return None;
     }
     let (code, message) = error::for_status(status);
-    let body = error::body(code, message);
-    let mut out = format!(
-        "{status_line}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
-        body.len()
-    );
-    for line in kept {
-        out.push_str(line);
-        out.push_str("\r\n");
-    }
-    out.push_str("\r\n");
-    out.push_str(&body);
-    Some(Bytes::from(out))
+    Some(Bytes::from(error::raw_response(
+        status_line,
+        code,
+        message,
+        kept,
+    )))
 }
 
 impl<T: AsyncWrite + Unpin> ConnIo<T> {
