@@ -39,11 +39,14 @@ pub enum Encoding {
     SseNative,
     /// SSE `event: patch` on the streamdata route (ASCII-only JSON).
     SseStreamdata,
+    /// The JSON message `{"type":"patch","id":…,"data":[…]}` of long-poll,
+    /// NDJSON and WebSocket.
+    Json,
 }
 
 impl Encoding {
     /// Number of variants.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 
     fn slot(self) -> usize {
         self as usize

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::feed::{self, Feed, Resume};
-use crate::hub::Hub;
+use crate::hub::{Hub, UpstreamError};
 use crate::metrics::{Metrics, Sampled};
 use crate::model::{EventId, Point, ResourceId, ResourceSpec};
 use crate::poll::fetch::FetchError;
@@ -133,6 +133,29 @@ impl Service {
     /// is read from the log, with the upstream's current error if it is
     /// failing. A quarantined resource is refused.
     pub fn subscribe(&self, id: &ResourceId, resume: Resume) -> Result<Feed, StoreError> {
+        self.open_feed(id, resume, None, true)
+    }
+
+    /// [`Service::subscribe`] for one long-poll answer: catch-up pages of at
+    /// most `page` events, and no current error in the first batch (the
+    /// caller decides when to report it, so that a failing upstream does not
+    /// answer every poll at once).
+    pub fn subscribe_once(
+        &self,
+        id: &ResourceId,
+        resume: Resume,
+        page: usize,
+    ) -> Result<Feed, StoreError> {
+        self.open_feed(id, resume, Some(page), false)
+    }
+
+    fn open_feed(
+        &self,
+        id: &ResourceId,
+        resume: Resume,
+        page: Option<usize>,
+        with_error: bool,
+    ) -> Result<Feed, StoreError> {
         if let Some(quarantine) = self.store.quarantine(id) {
             return Err(StoreError::Quarantined {
                 id: id.clone(),
@@ -140,14 +163,22 @@ impl Service {
             });
         }
         let rx = self.hub.subscribe(id);
-        let failing = self.registry.last_error(id);
-        Ok(Feed::new(
-            self.feed.clone(),
-            id.clone(),
-            rx,
-            resume,
-            failing,
-        ))
+        let failing = with_error.then(|| self.registry.last_error(id)).flatten();
+        let mut ctx = self.feed.clone();
+        if let Some(page) = page {
+            ctx.config.page = page.max(1);
+        }
+        Ok(Feed::new(ctx, id.clone(), rx, resume, failing))
+    }
+
+    /// The upstream's error now, while it is failing.
+    pub fn last_error(&self, id: &ResourceId) -> Option<UpstreamError> {
+        self.registry.last_error(id)
+    }
+
+    /// The newest durable event id of `id`, if it has one.
+    pub fn head_id(&self, id: &ResourceId) -> Result<Option<EventId>, StoreError> {
+        Ok(self.store.head(id)?.map(|h| h.id))
     }
 
     /// The resource polling `url` with exactly `headers` (marked as in use),

@@ -7,10 +7,14 @@ use serde_json::Value;
 
 mod common;
 
-use common::{client, Server, Sse, WAIT};
+use common::{client, config, doc, Server, Sse, Upstream, WAIT};
 
 async fn shutdown_ends_streams(sig: &str) {
-    let mut s = Server::start_with("", &[], &["--demo"]);
+    // `still` never changes: a long-poll on it is answered only by the
+    // shutdown.
+    let up = Upstream::start(doc(0)).await;
+    let mut s = Server::start_with(&config(&[("still", &up.url())], ""), &[], &["--demo"]);
+    s.wait_document("still", &doc(0)).await;
     let mut streams = Vec::new();
     for _ in 0..3 {
         streams.push(Sse::open(&s.url("/v1/resources/demo/events"), None).await);
@@ -20,6 +24,24 @@ async fn shutdown_ends_streams(sig: &str) {
         sse.until_event("patch").await;
     }
 
+    // An NDJSON stream, and a long-poll waiting for a change that will not
+    // come (asked from a point after the head, for 60 s).
+    let mut ndjson = client()
+        .get(s.url("/v1/resources/demo/changes?feed=continuous"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        ndjson.chunk().await.unwrap().is_some(),
+        "the NDJSON snapshot"
+    );
+    let waiting = tokio::spawn(
+        client()
+            .get(s.url("/v1/resources/demo/changes?since=7ZZZZZZZZZZZZZZZZZZZZZZZZZ&timeout=60000"))
+            .send(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
     s.signal(sig);
     // Every stream ends cleanly (the body completes, no error: a broken
     // stream fails `next`).
@@ -27,6 +49,22 @@ async fn shutdown_ends_streams(sig: &str) {
         while sse.next(WAIT).await.is_some() {}
         assert!(sse.ended, "stream still open {WAIT:?} after {sig}");
     }
+    let ended = tokio::time::timeout(WAIT, async {
+        while ndjson.chunk().await.expect("a clean end").is_some() {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "NDJSON stream still open {WAIT:?} after {sig}"
+    );
+    let answered = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the waiting long-poll is answered at shutdown")
+        .unwrap()
+        .expect("an answer, not a reset");
+    assert_eq!(answered.status().as_u16(), 200);
+    let answer: Value = answered.json().await.unwrap();
+    assert_eq!(answer["events"], serde_json::json!([]), "{answer}");
     let status = s.wait_exit(WAIT).await;
     assert!(status.success(), "exit status {status}");
 

@@ -3,6 +3,7 @@
 //! JSON error shape for every error, including axum's and tower's own.
 
 mod auth;
+mod changes;
 mod documents;
 pub(crate) mod error;
 mod events;
@@ -50,6 +51,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .merge(resources::router())
         .merge(documents::router())
         .merge(events::router())
+        .merge(changes::router())
         .merge(streamdata::router())
         .merge(openapi::router())
         .fallback(fallback)

@@ -2,6 +2,7 @@
 //! loopback upstream, real HTTP and SSE clients. One test crate (one
 //! build), one module per area.
 
+mod changes;
 #[path = "../common/mod.rs"]
 mod common;
 mod crash_server;
