@@ -51,6 +51,7 @@ const STORAGE_PROBE_EVERY: Duration = Duration::from_millis(250);
 #[derive(Debug, thiserror::Error)]
 #[error("writes to the data dir kept failing for {}s ({error}); exiting for a restart, which reopens it", STORAGE_GIVE_UP.as_secs())]
 pub struct StorageFailed {
+    /// The write error the store reported when the server gave up.
     pub error: String,
 }
 
@@ -107,6 +108,7 @@ pub struct Running {
     /// The live resources, for in-process callers (the fan-out bench hands
     /// documents to `Registry::ingest` faster than polling could).
     pub registry: Arc<Registry>,
+    /// The address it listens on (the bound port, when asked for port 0).
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }

@@ -1,5 +1,8 @@
 //! The command line: `patchfeed serve [--config FILE] [--listen ADDR]
 //! [--data-dir DIR] [--demo]`. Flags override the file.
+//!
+//! Parsing only (clap); reading and validating the file is
+//! [`crate::config`]'s, running the server [`crate::app`]'s.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
 
+/// The whole command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "patchfeed",
@@ -15,16 +19,19 @@ use crate::config::{Config, ConfigError};
     about = "Turns any JSON-over-HTTP API into a resumable stream of JSON Patches"
 )]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server.
     Serve(ServeArgs),
 }
 
+/// The flags of `serve`; `--listen` and `--data-dir` beat the file.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// TOML configuration file.

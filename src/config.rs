@@ -17,21 +17,36 @@ use crate::model::{check_interval, ResourceInput, ResourceSpec};
 /// for callers of this module (the fuzz checks).
 pub use crate::model::{parse_duration, parse_retain};
 
+/// `[limits]`: the bounds on connections, bodies, timeouts and buffers.
+///
+/// [`Config::parse`] rejects a zero count or duration, and a `keep_alive`
+/// over 15 s; the defaults are those of [`Limits::default`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
-    /// Open client connections at once; beyond it, a JSON 503.
+    /// Open client connections at once; beyond it, a JSON 503
+    /// `too_many_connections`. Default 10000.
     pub max_connections: usize,
+    /// Largest request body in bytes; a larger one is 413
+    /// `payload_too_large`. Default 1 MiB.
     pub max_request_body_bytes: usize,
+    /// Largest upstream body in bytes; a larger one fails the poll with
+    /// `too_large`. Default 16 MiB.
     pub upstream_max_body_bytes: usize,
+    /// Deadline for one whole upstream exchange, redirects and body
+    /// included; over it, the poll fails with `timeout`. Default 10 s.
     pub upstream_timeout: Duration,
-    /// Deadline for non-streaming requests.
+    /// Deadline for non-streaming requests; over it, 408
+    /// `request_timeout`. Default 30 s.
     pub request_timeout: Duration,
-    /// Idle time before a `: keep-alive` comment.
+    /// Idle time on a stream before a `: keep-alive` comment. Default and
+    /// maximum 15 s.
     pub keep_alive: Duration,
-    /// Events buffered per resource for live subscribers.
+    /// Events buffered per resource for live subscribers; one further
+    /// behind is served from the log. Default 1024.
     pub live_buffer: usize,
+    /// Time between two compaction runs over every resource. Default 1 min.
     pub compact_every: Duration,
-    /// How long shutdown waits for connections to drain.
+    /// How long shutdown waits for connections to drain. Default 5 s.
     pub shutdown_grace: Duration,
 }
 
@@ -54,12 +69,22 @@ impl Default for Limits {
 /// `[proxy]`: ad-hoc resources for unknown URLs on the streamdata route.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProxyConfig {
+    /// Create an ad-hoc resource for an unknown upstream URL instead of
+    /// answering 404. Default `false`.
     pub enabled: bool,
+    /// Poll interval of ad-hoc resources; at least
+    /// [`ResourceSpec::MIN_INTERVAL`]. Default
+    /// [`ResourceSpec::DEFAULT_INTERVAL`].
     pub interval: Duration,
-    /// An ad-hoc resource without subscribers for this long is removed.
+    /// An ad-hoc resource without subscribers for this long is removed,
+    /// log and all. Default 5 min.
     pub idle: Duration,
+    /// If set, the only hosts ad-hoc resources may poll: exact names, or
+    /// `*.suffix` for any subdomain (case-insensitive). Default `None`:
+    /// any host the upstream guard allows.
     pub allowed_hosts: Option<Vec<String>>,
-    /// Ad-hoc resources at once; beyond it, new URLs get 503.
+    /// Ad-hoc resources at once; beyond it, new URLs get 503
+    /// `proxy_full`. Default 1000.
     pub max_resources: usize,
 }
 
@@ -75,16 +100,31 @@ impl Default for ProxyConfig {
     }
 }
 
+/// The whole configuration file, validated; [`Config::default`] is an
+/// empty file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// Address to bind. Default `127.0.0.1:8080`; `--listen` overrides it.
     pub listen: SocketAddr,
+    /// Directory of the change log, created if missing. Default
+    /// `./patchfeed-data`; never empty; `--data-dir` overrides it.
     pub data_dir: PathBuf,
+    /// Let upstreams be on loopback, private and other non-public
+    /// addresses, which the upstream guard otherwise refuses. Default
+    /// `false`.
     pub allow_private_upstreams: bool,
+    /// When set, the credential every `/v1` request needs; non-empty
+    /// printable ASCII without spaces. Default `None`: everything is open.
     pub token: Option<String>,
-    /// May subscribe and read, not create or delete.
+    /// May subscribe and read, not create or delete; same form as
+    /// `token`, and only allowed with it. Default `None`.
     pub read_token: Option<String>,
+    /// `[limits]`.
     pub limits: Limits,
+    /// `[proxy]`.
     pub proxy: ProxyConfig,
+    /// The `[[resource]]` tables in file order, each through
+    /// [`ResourceSpec::validate`]; ids are unique.
     pub resources: Vec<ResourceSpec>,
 }
 
@@ -103,17 +143,31 @@ impl Default for Config {
     }
 }
 
+/// Why a configuration was refused; its `Display` names the file or key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The file, as given.
         path: PathBuf,
+        /// The read's error.
         source: std::io::Error,
     },
+    /// The text is not TOML, has an unknown key or a value of the wrong
+    /// type; the message is the parser's (prefixed with the file by
+    /// [`Config::load`]).
     #[error("{0}")]
     Toml(String),
+    /// A value is out of range or inconsistent with another.
     #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
+    Invalid {
+        /// The key, as in the file: `limits.keep_alive`,
+        /// `resource[0].url` (prefixed with the file by [`Config::load`]).
+        key: String,
+        /// What is wrong with its value; never a credential.
+        message: String,
+    },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -174,6 +228,7 @@ struct RawResource {
 }
 
 impl Config {
+    /// Reads, parses and validates the file at `path`; errors name it.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),

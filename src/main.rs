@@ -1,4 +1,9 @@
-//! The `patchfeed` binary: parse the command line, set up logging, run.
+//! The `patchfeed` binary: parse the command line, set up logging to
+//! stderr (`RUST_LOG`, default `patchfeed=info,warn`), run the server.
+//!
+//! Exit status: 0 after a clean shutdown, 2 for a configuration error, 75
+//! ([`patchfeed::app::EXIT_STORAGE_FAILED`]) when writes to the data dir
+//! kept failing, 1 for anything else.
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;

@@ -1,5 +1,7 @@
 //! Counters and gauges, rendered in the Prometheus text format by
 //! `GET /metrics`. Plain atomics: cheap enough for every poll and frame.
+//!
+//! Aggregates only: no series names a resource, URL or token.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};

@@ -41,8 +41,10 @@ pub enum ResourceIdError {
 }
 
 impl ResourceId {
+    /// Longest id, in bytes (all of them ASCII).
     pub const MAX_LEN: usize = 128;
 
+    /// Checks `s` against the id rules and keeps a copy of it.
     pub fn new(s: &str) -> Result<ResourceId, ResourceIdError> {
         if s.is_empty() || s.len() > Self::MAX_LEN {
             return Err(ResourceIdError::Length);
@@ -59,6 +61,7 @@ impl ResourceId {
         Ok(ResourceId(s.to_owned()))
     }
 
+    /// The id as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -98,10 +101,13 @@ impl EventId {
         self.0.increment().ok().map(EventId)
     }
 
+    /// The ULID's 128 bits, big-endian: byte order is id order, which the
+    /// log's keys rely on.
     pub fn to_bytes(self) -> [u8; 16] {
         self.0.to_bytes()
     }
 
+    /// The inverse of [`EventId::to_bytes`]; every 16 bytes are an id.
     pub fn from_bytes(b: [u8; 16]) -> EventId {
         EventId(Ulid::from_bytes(b))
     }
@@ -147,6 +153,7 @@ pub fn now_ms() -> u64 {
 /// whose time is ≤ T (for an instant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Point {
+    /// A ULID: an event id, or any other ULID (ids ≤ it are included).
     Id(Ulid),
     /// Unix milliseconds, clamped to the range a ULID can carry.
     Time(u64),
@@ -179,6 +186,7 @@ pub fn is_overflowing_ulid(s: &str) -> bool {
     "expected a ULID (26 characters), an RFC 3339 timestamp or Unix milliseconds"
 })]
 pub struct PointError {
+    /// The refused input, cut to 80 bytes (with `…`) for the message.
     pub value: String,
     /// A ULID-shaped value too large for 128 bits.
     pub overflow: bool,
@@ -257,6 +265,7 @@ fn truncate_for_message(s: &str) -> String {
 /// The patch is kept as text so catch-up can send it without re-encoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
+    /// The event's id; its time is when the change was detected.
     pub id: EventId,
     /// A JSON array of RFC 6902 operations, UTF-8 JSON text.
     pub patch: Bytes,
@@ -266,12 +275,18 @@ pub struct Event {
 /// API, after [`ResourceSpec::validate`] (`model::settings`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceSpec {
+    /// The resource's id, unique among resources.
     pub id: ResourceId,
+    /// The upstream: an `http` or `https` URL, as given. It may hold
+    /// credentials: show it through [`redact_url`].
     pub url: String,
+    /// Time between the starts of two polls; at least
+    /// [`ResourceSpec::MIN_INTERVAL`].
     pub interval: Duration,
     /// Headers sent to the upstream. May hold secrets: never shown by the API.
     pub headers: BTreeMap<String, String>,
-    /// Patches between stored snapshots (≥ 1).
+    /// Patches between stored snapshots, 1 ..=
+    /// [`ResourceSpec::MAX_SNAPSHOT_EVERY`].
     pub snapshot_every: u32,
     /// History kept; `None` keeps everything.
     pub retain: Option<Duration>,
@@ -285,10 +300,15 @@ pub struct ResourceSpec {
 /// Every default and bound of resource settings, written once: the
 /// validator, the config file, the API, the proxy and the demo use these.
 impl ResourceSpec {
+    /// Shortest poll interval, of resources and of `proxy.interval`: 100 ms.
     pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+    /// Poll interval when none is given: 5 s.
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+    /// `snapshot_every` when none is given: 100 patches.
     pub const DEFAULT_SNAPSHOT_EVERY: u32 = 100;
+    /// Largest `snapshot_every`: 100000 patches.
     pub const MAX_SNAPSHOT_EVERY: u32 = 100_000;
+    /// History kept when no `retain` is given: 7 days.
     pub const DEFAULT_RETAIN: Duration = Duration::from_secs(7 * 24 * 3600);
     /// History of an ad-hoc resource: as long as it lives, at most a day.
     pub const AD_HOC_RETAIN: Duration = Duration::from_secs(24 * 3600);
@@ -482,6 +502,7 @@ fn redact_parsed(mut u: url::Url) -> String {
 /// A resource as stored: its settings plus when it was created.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResourceRecord {
+    /// Its settings, validated.
     pub spec: ResourceSpec,
     /// Unix milliseconds.
     pub created_ms: u64,

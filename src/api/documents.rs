@@ -1,5 +1,9 @@
 //! Time travel and audit: `GET …/document[?at=T]` and
 //! `GET …/history?after=&before=&limit=`.
+//!
+//! Parses the points and the page limit, asks the service, and writes the
+//! answers (the document with its `ETag`, a page of events); the reads
+//! themselves are the store's.
 
 use axum::body::Body;
 use axum::extract::State;

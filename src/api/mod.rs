@@ -40,11 +40,16 @@ pub struct AppState {
 /// Limits applied by the router's layers.
 #[derive(Clone, Debug)]
 pub struct HttpLimits {
+    /// Largest request body, in bytes; a larger one is 413
+    /// `payload_too_large` (`limits.max_request_body_bytes`).
     pub max_request_body: usize,
     /// For producing a response; streams are not cut by it.
     pub request_timeout: Duration,
 }
 
+/// Every route of the API (`/healthz`, `/metrics`, `/v1/...`, the
+/// streamdata route and its root alias) with credentials, body limit,
+/// timeout, JSON error bodies and request logs, over `state`.
 pub fn router(state: AppState, limits: &HttpLimits) -> Router {
     Router::new()
         .merge(ops::router())

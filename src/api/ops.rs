@@ -1,4 +1,8 @@
-//! Operations endpoints: `/healthz` (always open) and `/metrics`.
+//! Operations endpoints: `/healthz` and `/metrics`, open even when a
+//! token is configured (load balancers and scrapers rarely carry one).
+//!
+//! Both only read: the health comes from the service, the figures from the
+//! metrics; neither names a resource's URL or a token.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};

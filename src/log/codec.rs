@@ -1,5 +1,8 @@
 //! On-disk record encodings. These are disk types, never wire types: the
 //! API has its own. Every value starts with a one-byte codec version.
+//!
+//! Resource records (JSON after the version byte), inline event and
+//! snapshot JSON, and the head of a chunked value; key layout is `keys`'s.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

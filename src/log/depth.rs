@@ -26,6 +26,7 @@ pub const MAX_DOC_DEPTH: usize = READ_DEPTH - PATCH_OVERHEAD;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the document is nested deeper than {limit} levels")]
 pub struct TooDeep {
+    /// The bound, [`MAX_DOC_DEPTH`].
     pub limit: usize,
 }
 

@@ -1,5 +1,7 @@
 //! Event id allocation: strictly increasing per resource, even when the wall
 //! clock steps back, because each id is allocated relative to the last one.
+//!
+//! Pure: the caller passes the clock and the last id, and stores the result.
 
 use ulid::Ulid;
 

@@ -1,5 +1,7 @@
 //! Store integrity (issue 17): what the log accepts it can read back, and
 //! one unreadable resource never takes the data dir down.
+//!
+//! Tests only, against a real store in a temporary directory.
 
 use std::time::Duration;
 

@@ -64,10 +64,18 @@ pub enum StoreError {
     Flush(String),
     /// A stored value could not be decoded.
     #[error("corrupt record at key {key:?}")]
-    Corrupt { key: String },
+    Corrupt {
+        /// The key, in readable form.
+        key: String,
+    },
     /// The data dir was written by an incompatible version of patchfeed.
     #[error("data dir has storage format version {found}, this patchfeed reads version {expected}; use a matching patchfeed or a new data dir")]
-    Version { found: u32, expected: u32 },
+    Version {
+        /// The version the data dir records.
+        found: u32,
+        /// The version this patchfeed writes.
+        expected: u32,
+    },
     /// The data dir holds a sled database that is not patchfeed's.
     #[error("data dir is not a patchfeed store (no format version key)")]
     Foreign,
@@ -80,7 +88,9 @@ pub enum StoreError {
     /// The stored events do not apply to the stored snapshot.
     #[error("stored patch does not apply at {at}: {source}")]
     BadPatch {
+        /// The event whose patch failed.
         at: EventId,
+        /// Why it did not apply.
         source: diff::ApplyError,
     },
     /// Could not start the flush thread.
@@ -93,7 +103,9 @@ pub enum StoreError {
     /// untouched on disk and refuses every read and write.
     #[error("resource {id} is quarantined: {}", .quarantine.reason)]
     Quarantined {
+        /// The resource.
         id: ResourceId,
+        /// What could not be read, and why.
         quarantine: Quarantine,
     },
 }
@@ -101,22 +113,28 @@ pub enum StoreError {
 /// Why a resource's stored data could not be loaded at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quarantine {
-    /// The first key that could not be read, in readable form.
+    /// The first key that could not be read, in readable form (empty
+    /// when the error names none).
     pub key: String,
+    /// Why it could not be read: the error's message.
     pub reason: String,
 }
 
 /// A resource record whose key does not even name a valid resource id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unattributed {
+    /// The record's key, in readable form.
     pub key: String,
+    /// Why it could not be read.
     pub reason: String,
 }
 
 /// The newest durable version of a resource's document.
 #[derive(Clone, Debug)]
 pub struct Head {
+    /// The event that produced this version.
     pub id: EventId,
+    /// The document as of that event.
     pub doc: Arc<Value>,
     /// `doc` as JSON text.
     pub json: Bytes,
@@ -125,6 +143,7 @@ pub struct Head {
 /// What [`Store::create`] did.
 #[derive(Debug)]
 pub enum Created {
+    /// The resource was stored, as this record.
     New(ResourceRecord),
     /// A resource with that id exists; nothing was changed.
     Exists(ResourceRecord),
@@ -138,18 +157,25 @@ pub enum ReadAfter {
     Events(Vec<Event>),
     /// The point is older than the horizon: the events after it are not all
     /// retained (or never belonged to this log).
-    BeforeHorizon { horizon: EventId },
+    BeforeHorizon {
+        /// The oldest point the log still serves.
+        horizon: EventId,
+    },
 }
 
 /// Answer of [`Store::document_at`].
 #[derive(Debug, PartialEq)]
 pub enum At {
+    /// The version as of the point.
     Found {
+        /// The newest event the point includes.
         id: EventId,
+        /// The document as of that event.
         doc: Arc<Value>,
     },
     /// The point is before the horizon of a compacted log.
     Compacted {
+        /// The oldest point the log still serves.
         horizon: EventId,
     },
     /// The point is before the first version (or there is none yet).
@@ -159,13 +185,18 @@ pub enum At {
 /// Answer of [`Store::history`].
 #[derive(Debug, PartialEq)]
 pub enum History {
+    /// One page of the interval.
     Events {
+        /// Events in (`after`, `before`], oldest first, at most `limit`.
         events: Vec<Event>,
         /// Cursor for the next page: pass it as `after`. `None` at the end.
         next_after: Option<EventId>,
     },
     /// The interval starts before the horizon of a compacted log.
-    Compacted { horizon: EventId },
+    Compacted {
+        /// The oldest point the log still serves.
+        horizon: EventId,
+    },
 }
 
 /// What [`Store::compact`] did.
@@ -173,9 +204,14 @@ pub enum History {
 pub enum Compaction {
     /// Nothing older than `retain` (or no `retain`).
     Nothing,
+    /// History before a new horizon was removed.
     Done {
+        /// The new horizon: the newest event older than `retain`, now
+        /// stored as a snapshot.
         horizon: EventId,
+        /// Events removed.
         removed_events: u64,
+        /// Snapshots removed.
         removed_snapshots: u64,
     },
 }
@@ -183,9 +219,11 @@ pub enum Compaction {
 /// Status of a resource's log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogStatus {
+    /// The newest event; `None` before the first version.
     pub last_event_id: Option<EventId>,
     /// Oldest point served; the first event until compaction moves it.
     pub horizon: Option<EventId>,
+    /// Whether compaction ever removed history.
     pub compacted: bool,
 }
 

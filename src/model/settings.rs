@@ -19,14 +19,18 @@ use super::{redact_url, ResourceId, ResourceSpec};
 pub struct ResourceInput {
     /// `None`: a fresh ULID in lower case.
     pub id: Option<String>,
+    /// The upstream URL; must parse and be `http` or `https`.
     pub url: String,
     /// `None`: [`ResourceSpec::DEFAULT_INTERVAL`].
     pub interval: Option<Duration>,
+    /// Headers sent to the upstream: valid HTTP names and values. Default
+    /// none.
     pub headers: BTreeMap<String, String>,
     /// `None`: [`ResourceSpec::DEFAULT_SNAPSHOT_EVERY`].
     pub snapshot_every: Option<u32>,
     /// `None`: [`ResourceSpec::DEFAULT_RETAIN`]; `Some(None)`: forever.
     pub retain: Option<Option<Duration>>,
+    /// Created by the streamdata proxy; see [`ResourceSpec::ad_hoc`].
     pub ad_hoc: bool,
 }
 
@@ -38,6 +42,8 @@ pub struct ResourceInput {
 pub struct SettingsError {
     /// `id`, `url`, `interval`, `headers`, `snapshot_every` or `retain`.
     pub field: &'static str,
+    /// What is wrong, naming the value (a header value never: it may be a
+    /// secret).
     pub message: String,
 }
 

@@ -20,16 +20,23 @@ use reqwest::{StatusCode, Url};
 use super::guard::{self, GuardedResolver, ResolveError};
 use crate::model::redact_url;
 
+/// What a [`Fetcher`] allows; the default is the `[limits]` defaults and
+/// the guard on.
 #[derive(Clone, Debug)]
 pub struct FetchConfig {
-    /// Deadline for the whole exchange, body included.
+    /// Deadline for the whole exchange, redirects and body included.
+    /// Default 10 s.
     pub timeout: Duration,
-    /// Largest body accepted, in bytes.
+    /// Largest body accepted, in bytes. Default 16 MiB.
     pub max_body: usize,
-    /// Lift the guard: loopback and private upstreams allowed.
+    /// Lift the guard: loopback and private upstreams allowed. Default
+    /// `false`.
     pub allow_private: bool,
+    /// Redirects followed per fetch; one more is
+    /// [`FetchError::Redirect`]. Default 5.
     pub max_redirects: usize,
     /// If set, only these hosts (exact, or `*.suffix`) may be fetched.
+    /// Default `None`.
     pub allowed_hosts: Option<Vec<String>>,
 }
 
@@ -48,7 +55,10 @@ impl Default for FetchConfig {
 /// Cache validators of the last successful response.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Validators {
+    /// Its `ETag`, sent back as `If-None-Match`; at most 1024 bytes.
     pub etag: Option<String>,
+    /// Its `Last-Modified`, sent back as `If-Modified-Since`; at most 1024
+    /// bytes.
     pub last_modified: Option<String>,
 }
 
@@ -71,42 +81,75 @@ impl Validators {
     }
 }
 
+/// What one successful fetch found.
 #[derive(Debug)]
 pub enum Fetched {
     /// 304: the document did not change.
     NotModified,
+    /// A 2xx answer with a JSON body.
     Document {
+        /// The parsed body, within the size and depth bounds.
         doc: serde_json::Value,
+        /// This answer's validators, for the next fetch.
         validators: Validators,
     },
 }
 
+/// Why a fetch failed. Each variant has a stable [`FetchError::code`];
+/// messages show URLs redacted.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// `invalid_url`: the URL does not parse, is not http(s) or has no
+    /// host, a configured header cannot be sent, or the client cannot be
+    /// built.
     #[error("invalid upstream URL: {0}")]
     InvalidUrl(String),
+    /// `blocked`: the guard refused an address, or `allowed_hosts` the host.
     #[error("upstream refused by the guard: {0}")]
     Blocked(String),
+    /// `dns`: the host name did not resolve.
     #[error("{0}")]
     Dns(String),
+    /// `connect`: the connection failed (the innermost cause).
     #[error("cannot connect to the upstream: {0}")]
     Connect(String),
+    /// `timeout`: no complete answer within [`FetchConfig::timeout`],
+    /// which it holds.
     #[error("the upstream did not answer within {0:?}")]
     Timeout(Duration),
+    /// `upstream_status`: a non-2xx status, a 3xx without `Location`, or a
+    /// 304 to a request without validators.
     #[error("the upstream answered {status}")]
-    Status { status: StatusCode },
+    Status {
+        /// The status the upstream sent.
+        status: StatusCode,
+    },
+    /// `redirect`: more than [`FetchConfig::max_redirects`] hops, a bad
+    /// `Location`, or a hop the guard refuses.
     #[error("redirect not followed: {0}")]
     Redirect(String),
+    /// `too_large`: the body is over [`FetchConfig::max_body`], by
+    /// `Content-Length` or while reading.
     #[error("the upstream body exceeds the limit of {limit} bytes")]
-    TooLarge { limit: usize },
+    TooLarge {
+        /// The bound, in bytes.
+        limit: usize,
+    },
+    /// `not_json`: the body is empty, is not JSON, or is `text/html` /
+    /// `application/xhtml+xml`.
     #[error("the upstream did not send JSON: {0}")]
     NotJson(String),
+    /// `body`: the connection broke while the body was read, or shutdown
+    /// cut its parse short.
     #[error("reading the upstream response failed: {0}")]
     Body(String),
-    /// Nested deeper than the log can store and read back
+    /// `too_deep`: nested deeper than the log can store and read back
     /// ([`crate::log::MAX_DOC_DEPTH`]).
     #[error("the upstream document is nested deeper than {limit} levels")]
-    TooDeep { limit: usize },
+    TooDeep {
+        /// The bound, in levels of arrays and objects.
+        limit: usize,
+    },
 }
 
 impl FetchError {
@@ -136,6 +179,8 @@ impl FetchError {
     }
 }
 
+/// An HTTP client for upstreams whose resolver applies the guard; cheap
+/// to clone (the connection pool is shared).
 #[derive(Clone)]
 pub struct Fetcher {
     client: reqwest::Client,
@@ -143,6 +188,8 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
+    /// A client for `config`: no environment proxy, redirects followed by
+    /// [`Fetcher::fetch`] itself, idle connections kept 30 s (8 per host).
     pub fn new(config: FetchConfig) -> Result<Fetcher, FetchError> {
         let client = reqwest::Client::builder()
             .user_agent(concat!("patchfeed/", env!("CARGO_PKG_VERSION")))
