@@ -198,7 +198,12 @@ pub async fn assemble(
         shutdown,
     };
     let state = AppState {
-        service: Arc::new(Service::new(registry.clone(), hub, feed)),
+        service: Arc::new(Service::new(
+            registry.clone(),
+            hub,
+            feed,
+            limits.max_connections,
+        )),
         auth: Arc::new(Auth {
             token: config.token.clone(),
             read_token: config.read_token.clone(),
@@ -258,6 +263,7 @@ pub async fn start(
     let watchdog =
         spawn_storage_watchdog(core.store.clone(), shutdown.clone(), storage_failed.clone());
     let metrics = core.state.service.metrics().clone();
+    let service = core.state.service.clone();
     let router = api::router(
         core.state,
         &HttpLimits {
@@ -276,6 +282,7 @@ pub async fn start(
         limits: limits.clone(),
         metrics,
         registry: core.registry.clone(),
+        service,
         store: core.store,
         compactor,
         reaper,
@@ -298,6 +305,7 @@ struct Serving {
     limits: crate::config::Limits,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    service: Arc<Service>,
     store: Store,
     compactor: tokio::task::JoinHandle<()>,
     reaper: tokio::task::JoinHandle<()>,
@@ -318,6 +326,7 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
         limits,
         metrics,
         registry,
+        service,
         store,
         compactor,
         reaper,
@@ -326,7 +335,10 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
         shutdown,
         ingest,
     } = s;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection task, so that shutdown can wait for them to drain.
+    // (hyper-util's `GracefulShutdown` does not take upgradeable
+    // connections, which WebSocket needs.)
+    let connections = tokio_util::task::TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     loop {
@@ -361,15 +373,28 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
             .max_header_size(MAX_HEAD_BYTES)
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(30));
-        let conn = http.serve_connection(
-            TokioIo::new(conn_io::ConnIo::new(stream)),
-            TowerToHyperService::new(router.clone()),
-        );
-        let conn = graceful.watch(conn);
+        // Upgrades for WebSocket; an upgraded connection leaves this cap
+        // and counts against the WebSocket sessions' own (`Service`).
+        let conn = http
+            .serve_connection(
+                TokioIo::new(conn_io::ConnIo::new(stream)),
+                TowerToHyperService::new(router.clone()),
+            )
+            .with_upgrades();
         let metrics = metrics.clone();
-        tokio::spawn(async move {
+        let stop = shutdown.clone();
+        connections.spawn(async move {
             metrics.http_open.fetch_add(1, Relaxed);
-            if let Err(e) = conn.await {
+            let mut conn = std::pin::pin!(conn);
+            // On shutdown: finish the request in flight, take no other.
+            let ended = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             metrics.http_open.fetch_sub(1, Relaxed);
@@ -380,7 +405,12 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
 
     // Streams end by themselves on `shutdown`; requests in flight get the
     // grace period.
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    connections.close();
+    let drained = async {
+        connections.wait().await;
+        service.ws_sessions_ended().await;
+    };
+    if tokio::time::timeout(limits.shutdown_grace, drained)
         .await
         .is_err()
     {

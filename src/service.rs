@@ -35,13 +35,24 @@ pub struct Service {
     hub: Arc<Hub>,
     feed: feed::Ctx,
     metrics: Arc<Metrics>,
+    /// Open WebSocket sessions: once upgraded they leave the HTTP
+    /// connection cap, so they have their own of the same size.
+    ws_slots: Arc<tokio::sync::Semaphore>,
+    max_ws_sessions: u32,
 }
 
 impl Service {
     /// The service over a running registry; `feed` is what every
     /// subscription reads the log and keeps alive with.
-    pub fn new(registry: Arc<Registry>, hub: Arc<Hub>, feed: feed::Ctx) -> Service {
+    pub fn new(
+        registry: Arc<Registry>,
+        hub: Arc<Hub>,
+        feed: feed::Ctx,
+        max_ws_sessions: usize,
+    ) -> Service {
         Service {
+            ws_slots: Arc::new(tokio::sync::Semaphore::new(max_ws_sessions)),
+            max_ws_sessions: u32::try_from(max_ws_sessions).unwrap_or(u32::MAX),
             store: feed.store.clone(),
             metrics: feed.metrics.clone(),
             registry,
@@ -174,6 +185,24 @@ impl Service {
     /// The upstream's error now, while it is failing.
     pub fn last_error(&self, id: &ResourceId) -> Option<UpstreamError> {
         self.registry.last_error(id)
+    }
+
+    /// A slot for one more WebSocket session, if any is free; held for the
+    /// session's life.
+    pub fn ws_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.ws_slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Waits until every WebSocket session has ended (they end themselves
+    /// on shutdown, after their close frame): upgraded connections are not
+    /// among the HTTP connections the accept loop drains.
+    pub async fn ws_sessions_ended(&self) {
+        let _ = self.ws_slots.acquire_many(self.max_ws_sessions).await;
+    }
+
+    /// The keep-alive period every feed promises.
+    pub fn keep_alive(&self) -> std::time::Duration {
+        self.feed.config.keep_alive
     }
 
     /// The newest durable event id of `id`, if it has one.

@@ -1307,6 +1307,7 @@ fn v1_requests() -> Vec<(&'static str, &'static str)> {
         ("GET", "/v1/resources/r/history"),
         ("GET", "/v1/resources/r/events"),
         ("GET", "/v1/resources/r/changes?timeout=0"),
+        ("GET", "/v1/resources/r/ws"),
         ("GET", "/v1/openapi.json"),
         ("GET", "/v1/resources/nonexistent"),
         ("GET", "/v1/resources/..%2F"),

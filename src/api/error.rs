@@ -42,6 +42,9 @@ pub enum ApiError {
     /// kept untouched and serves nothing until an operator repairs it.
     #[error("resource {id:?} is quarantined: its stored data could not be read ({reason}); other resources are unaffected")]
     Quarantined { id: String, reason: String },
+    /// As many WebSocket sessions are open as `limits.max_connections`.
+    #[error("the server is at its WebSocket session limit; retry later")]
+    TooManyConnections,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -59,9 +62,9 @@ impl ApiError {
             ApiError::Compacted { .. } => StatusCode::GONE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden | ApiError::UpstreamRefused(_) => StatusCode::FORBIDDEN,
-            ApiError::ProxyFull(_) | ApiError::Quarantined { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::ProxyFull(_)
+            | ApiError::Quarantined { .. }
+            | ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +84,7 @@ impl ApiError {
             ApiError::Forbidden => "forbidden",
             ApiError::UpstreamRefused(_) => "upstream_refused",
             ApiError::ProxyFull(_) => "proxy_full",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::Quarantined { .. } => "resource_quarantined",
             ApiError::Internal(_) => "internal",
         }

@@ -11,6 +11,7 @@ mod openapi;
 mod ops;
 mod resources;
 mod streamdata;
+mod ws;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .merge(documents::router())
         .merge(events::router())
         .merge(changes::router())
+        .merge(ws::router())
         .merge(streamdata::router())
         .merge(openapi::router())
         .fallback(fallback)

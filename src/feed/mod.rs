@@ -149,6 +149,12 @@ impl Feed {
         }
     }
 
+    /// Whether the server is shutting down (an ended feed ended for that,
+    /// not because its resource was deleted).
+    pub fn shutting_down(&self) -> bool {
+        self.ctx.shutdown.is_cancelled()
+    }
+
     /// The next batch of messages; `None` once the feed has ended (shutdown,
     /// the resource deleted, or a storage error). The first batch answers
     /// the resume point and may be empty (no version yet, nothing missed).

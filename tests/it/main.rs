@@ -16,3 +16,4 @@ mod paused;
 mod store_integrity;
 mod stream;
 mod support;
+mod ws;
