@@ -5,6 +5,12 @@
 //! takes the first waiter, drains every other queued one (bounded), flushes
 //! once and answers them all. Any write applied before its waiter was queued
 //! is covered, because the flush starts after the waiter was dequeued.
+//!
+//! The same flushes bound how far sled's log writes may run ahead of its
+//! disk writes ([`GroupCommit::wrote`]): sled 0.34 hands every sealed log
+//! buffer to its I/O pool of 7 threads and never waits for them, and with
+//! 7 or more buffers in flight it can deadlock when it shrinks its file
+//! (see [`UNFLUSHED_BUDGET`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -18,6 +24,23 @@ const MAX_BATCH: usize = 4096;
 const QUEUE: usize = 16 * 1024;
 
 type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Most bytes of values written since the last flush began (a removed key
+/// counts as one chunk) before a writer waits for the next flush
+/// ([`GroupCommit::wrote`]).
+///
+/// Why: sled 0.34.7 writes each sealed log buffer (one 512 KiB segment at
+/// most) on its I/O pool, which stays at 7 threads under load, and never
+/// waits for those writes. When it frees the segment at the end of its
+/// file it queues the truncation on that pool, and a writer that then
+/// needs a new segment waits for the truncation while holding the segment
+/// accountant, which every finishing buffer write needs: with 7 writes
+/// ahead of the truncation, nothing moves again (spacejam/sled#1269, fixed
+/// only after 0.34). A flush returns once every buffer sealed before it is
+/// written, so with at most this many bytes between flushes (about 3 log
+/// buffers once sled's node rewrites are counted, `docs/BENCHMARKS.md`)
+/// the pool always has a thread free for the truncation.
+pub(crate) const UNFLUSHED_BUDGET: u64 = 256 * 1024;
 
 /// Whether the store's writes are failing: set by a failed write or flush,
 /// cleared by the next flush that succeeds.
@@ -70,6 +93,9 @@ pub(crate) struct GroupCommit {
     tx: Option<mpsc::Sender<Waiter>>,
     /// Flushes done so far (each answers one batch of waiters).
     flushes: Arc<AtomicU64>,
+    /// Value bytes written since the last flush began; reset by the flush
+    /// thread just before each flush, which covers them.
+    unflushed: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -78,6 +104,8 @@ impl GroupCommit {
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
         let flushes = Arc::new(AtomicU64::new(0));
         let counter = flushes.clone();
+        let unflushed = Arc::new(AtomicU64::new(0));
+        let written = unflushed.clone();
         let thread = std::thread::Builder::new()
             .name("patchfeed-flush".into())
             .spawn(move || {
@@ -90,6 +118,7 @@ impl GroupCommit {
                             Err(_) => break,
                         }
                     }
+                    written.store(0, Relaxed);
                     let r = match db.flush() {
                         Ok(_) => {
                             health.flushed();
@@ -106,12 +135,46 @@ impl GroupCommit {
         Ok(GroupCommit {
             tx: Some(tx),
             flushes,
+            unflushed,
             thread: Some(thread),
         })
     }
 
     pub(crate) fn flushes(&self) -> u64 {
         self.flushes.load(Relaxed)
+    }
+
+    /// Counts `bytes` of values just written; once more than
+    /// [`UNFLUSHED_BUDGET`] were written since the last flush began, waits
+    /// for a flush. Every writer of event and snapshot values calls it after
+    /// each insert, so sled's unwritten log stays within the budget plus
+    /// one insert per writer running at that moment.
+    pub(crate) async fn wrote(&self, bytes: usize) -> Result<(), String> {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let total = self
+            .unflushed
+            .fetch_add(bytes, Relaxed)
+            .saturating_add(bytes);
+        if total > UNFLUSHED_BUDGET {
+            self.durable().await?;
+        }
+        Ok(())
+    }
+
+    /// [`GroupCommit::wrote`] for code that cannot await (removals, which
+    /// run on blocking threads or between awaits): flushes `tree` itself
+    /// once over the budget.
+    pub(crate) fn wrote_blocking(&self, tree: &sled::Tree, bytes: usize) -> sled::Result<()> {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let total = self
+            .unflushed
+            .fetch_add(bytes, Relaxed)
+            .saturating_add(bytes);
+        if total > UNFLUSHED_BUDGET {
+            self.unflushed.store(0, Relaxed);
+            tree.flush()?;
+        }
+        Ok(())
     }
 
     /// Returns once every write applied before this call is durable.
@@ -134,3 +197,4 @@ impl Drop for GroupCommit {
         }
     }
 }
+

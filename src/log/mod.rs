@@ -667,6 +667,14 @@ impl Store {
             }
             for k in &chunk {
                 tree.remove(k)?;
+                // What a removal costs in sled's log is not known here: it
+                // rewrites the leaf around the key, full of chunks. Counted
+                // as one chunk, so a compaction of 4 MB documents (about
+                // 10,000 chunk keys) cannot run sled's log far ahead of its
+                // disk (`commit::UNFLUSHED_BUDGET`).
+                self.inner
+                    .commit
+                    .wrote_blocking(tree, k.len() + values::CHUNK_BYTES)?;
             }
             removed += chunk.len() as u64;
         }
@@ -803,18 +811,30 @@ impl Store {
             // writes its chunks (if any) before its key.
             let health = &store.inner.health;
             let tree = &store.inner.tree;
+            let commit = &store.inner.commit;
             if let Some(json) = &snapshot_json {
-                values::put(tree, keys::SNAPSHOT, rkey, event_id.0, json, chunk_bytes)
-                    .map_err(|e| health.failed(e))?;
+                values::put(
+                    tree,
+                    commit,
+                    keys::SNAPSHOT,
+                    rkey,
+                    event_id.0,
+                    json,
+                    chunk_bytes,
+                )
+                .await
+                .map_err(|e| health.failed(e))?;
             }
             values::put(
                 tree,
+                commit,
                 keys::EVENT,
                 rkey,
                 event_id.0,
                 &event_json,
                 chunk_bytes,
             )
+            .await
             .map_err(|e| health.failed(e))?;
             if let Err(e) = store.inner.commit.durable().await {
                 // Not durable, never published: take it back so the log stays
@@ -1106,12 +1126,14 @@ impl Store {
         if !self.inner.tree.contains_key(skey)? {
             values::put(
                 &self.inner.tree,
+                &self.inner.commit,
                 keys::SNAPSHOT,
                 entry.rkey,
                 new_horizon.0,
                 &serde_json::to_vec(&doc).expect("document serializes"),
                 self.chunk_bytes(),
-            )?;
+            )
+            .await?;
         }
         self.inner.tree.insert(
             &keys::per_rkey(keys::HORIZON, entry.rkey)[..],
