@@ -42,8 +42,15 @@ type Waiter = oneshot::Sender<Result<(), String>>;
 /// the pool always has a thread free for the truncation.
 pub(crate) const UNFLUSHED_BUDGET: u64 = 256 * 1024;
 
+/// A flush running longer than this counts as a storage failure
+/// ([`StorageHealth::failing`]): a flush takes milliseconds, and one that
+/// does not return means sled is stuck (its 0.34.7 truncation deadlock,
+/// `UNFLUSHED_BUDGET`) or the disk hangs; no write can be durable again.
+pub const FLUSH_STUCK: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Whether the store's writes are failing: set by a failed write or flush,
-/// cleared by the next flush that succeeds.
+/// or by a flush that has not returned for [`FLUSH_STUCK`]; cleared by the
+/// next flush that succeeds.
 ///
 /// sled 0.34 keeps the first IO error of its write path as a global error
 /// and returns it from every later write and flush of that `Db` until it is
@@ -54,15 +61,41 @@ pub struct StorageHealth {
     /// The error, and since when (unix ms), while failing.
     failing: Mutex<Option<(String, u64)>>,
     errors: AtomicU64,
+    /// When the flush running now began (unix ms); 0 while none runs.
+    flush_began: AtomicU64,
 }
 
 impl StorageHealth {
     /// The error and since when (unix ms), while writes are failing.
     pub fn failing(&self) -> Option<(String, u64)> {
-        self.failing
+        let failed = self
+            .failing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .clone();
+        failed.or_else(|| self.stuck(crate::model::now_ms()))
+    }
+
+    /// A flush that began at least [`FLUSH_STUCK`] before `now_ms` and has
+    /// not returned, as an error and since when.
+    fn stuck(&self, now_ms: u64) -> Option<(String, u64)> {
+        let began = self.flush_began.load(Relaxed);
+        let running = now_ms.saturating_sub(began);
+        (began != 0 && u128::from(running) >= FLUSH_STUCK.as_millis()).then(|| {
+            (
+                format!("a flush has not returned for {} s", running / 1000),
+                began,
+            )
+        })
+    }
+
+    fn flush_begins(&self) {
+        self.flush_began
+            .store(crate::model::now_ms().max(1), Relaxed);
+    }
+
+    fn flush_ends(&self) {
+        self.flush_began.store(0, Relaxed);
     }
 
     /// Writes and flushes that failed so far.
@@ -119,7 +152,10 @@ impl GroupCommit {
                         }
                     }
                     written.store(0, Relaxed);
-                    let r = match db.flush() {
+                    health.flush_begins();
+                    let flushed = db.flush();
+                    health.flush_ends();
+                    let r = match flushed {
                         Ok(_) => {
                             health.flushed();
                             Ok(())
@@ -198,3 +234,28 @@ impl Drop for GroupCommit {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 17 (finding 4, follow-up): a flush stuck inside sled (its
+    /// 0.34.7 truncation deadlock) returned no error, so the store never
+    /// counted as failing and the server hung with `/healthz` ok. The clock
+    /// of a real flush is moved back here: the deadlock itself cannot be
+    /// produced on demand.
+    #[test]
+    fn issue_17_deadlock_a_flush_that_does_not_return_counts_as_failing() {
+        let health = StorageHealth::default();
+        assert_eq!(health.failing(), None);
+        health.flush_begins();
+        assert_eq!(health.failing(), None, "a flush that just began");
+        let stuck = FLUSH_STUCK.as_millis() as u64;
+        let began = crate::model::now_ms() - stuck - 1_000;
+        health.flush_began.store(began, Relaxed);
+        let (error, since) = health.failing().expect("a stuck flush is a failure");
+        assert!(error.contains("has not returned"), "{error}");
+        assert_eq!(since, began);
+        health.flush_ends();
+        assert_eq!(health.failing(), None, "the flush returned");
+    }
+}

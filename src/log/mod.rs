@@ -37,7 +37,7 @@ mod keys;
 mod tests;
 mod values;
 
-pub use commit::StorageHealth;
+pub use commit::{StorageHealth, FLUSH_STUCK};
 pub use depth::{check_depth, TooDeep, MAX_DOC_DEPTH};
 
 use std::collections::HashMap;
