@@ -25,6 +25,11 @@
 //! (`values`): sled 0.34 keeps large values in blob files that it does not
 //! reliably delete, so disk use would not follow what is retained. Chunks
 //! are written before the key that makes their value exist, like the rest.
+//!
+//! Every value write and every removal is counted by the group commit
+//! (`commit::UNFLUSHED_BUDGET`): past 256 KiB since the last flush began,
+//! the writer waits for a flush, so sled 0.34.7's log stays about 3 buffers
+//! ahead of its disk writes, below the 7 its file-truncation deadlock needs.
 
 mod codec;
 mod commit;
