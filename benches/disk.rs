@@ -63,6 +63,19 @@ fn disk_usage(dir: &Path) -> (u64, usize) {
     (bytes, blobs)
 }
 
+/// Bytes this process has passed to write calls so far (`wchar` of
+/// `/proc/self/io`; Linux only, else 0): nearly all of it is sled's log.
+fn bytes_written() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("wchar:").map(|v| v.trim().parse().ok()))
+        })
+        .flatten()
+        .unwrap_or(0)
+}
+
 fn doc(size: usize, n: u64) -> Value {
     let fill = if n.is_multiple_of(2) { "a" } else { "b" };
     json!({ "n": n, "blob": fill.repeat(size) })
@@ -78,6 +91,8 @@ struct Run {
     peak: u64,
     append_ms: Vec<f64>,
     stopped: bool,
+    /// Bytes written to files per byte of event and snapshot values.
+    amplification: f64,
 }
 
 /// `seconds` of simulated load on resource `name`, printing a row every
@@ -109,7 +124,9 @@ fn load(
         peak: 0,
         append_ms: Vec::new(),
         stopped: false,
+        amplification: f64::NAN,
     };
+    let (written_before, mut values) = (bytes_written(), 0u64);
     let steps = seconds * 1000 / STEP_MS;
     for n in 0..steps {
         *clock += STEP_MS;
@@ -120,12 +137,18 @@ fn load(
             .expect("alternating documents always differ");
         run.append_ms.push(t.elapsed().as_secs_f64() * 1e3);
         retained.push((e.id, e.patch.len() as u64));
+        values += e.patch.len() as u64;
+        if n.is_multiple_of(u64::from(ResourceSpec::DEFAULT_SNAPSHOT_EVERY)) {
+            values += size as u64;
+        }
         let elapsed_ms = (n + 1) * STEP_MS;
         if elapsed_ms.is_multiple_of(COMPACT_EVERY_MS) {
             if let Compaction::Done { horizon, .. } =
                 rt.block_on(store.compact(&id, *clock)).unwrap()
             {
                 retained.retain(|(eid, _)| *eid >= horizon);
+                // The snapshot compaction writes at the new horizon.
+                values += size as u64;
             }
         }
         let (disk, blobs) = disk_usage(dir);
@@ -153,6 +176,7 @@ fn load(
             break;
         }
     }
+    run.amplification = (bytes_written() - written_before) as f64 / values.max(1) as f64;
     rt.block_on(store.delete(&id)).unwrap();
     run
 }
@@ -215,19 +239,26 @@ fn main() {
     }
     println!();
     println!(
-        "{:>9} {:>16} {:>9} {:>14} {:>14} {:>12}",
-        "doc B", "steady disk MB", "peak MB", "after delete", "second peak", "ms/append"
+        "{:>9} {:>16} {:>9} {:>14} {:>14} {:>12} {:>14}",
+        "doc B",
+        "steady disk MB",
+        "peak MB",
+        "after delete",
+        "second peak",
+        "ms/append",
+        "written/value"
     );
     for (size, mut first, after_delete, second) in summary {
         let mut steady: Vec<f64> = first.steady.iter().map(|&b| mb(b)).collect();
         println!(
-            "{:>9} {:>16.1} {:>9.1} {:>14.1} {:>14} {:>12.2}",
+            "{:>9} {:>16.1} {:>9.1} {:>14.1} {:>14} {:>12.2} {:>14.2}",
             size,
             median(&mut steady),
             mb(first.peak),
             mb(after_delete),
             second.map_or("-".to_string(), |s| format!("{:.1}", mb(s.peak))),
             median(&mut first.append_ms),
+            first.amplification,
         );
     }
 }

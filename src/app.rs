@@ -46,6 +46,10 @@ pub const EXIT_STORAGE_FAILED: u8 = 75;
 pub const STORAGE_GIVE_UP: Duration = Duration::from_secs(5);
 /// How often the watchdog probes a failing store.
 const STORAGE_PROBE_EVERY: Duration = Duration::from_millis(250);
+/// How long the shutdown after a storage failure may take before the
+/// process exits anyway: longer than the connections' grace period (5 s by
+/// default) and the final flush of a working disk.
+const STORAGE_EXIT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The server stopped because its storage kept failing.
 #[derive(Debug, thiserror::Error)]
@@ -468,10 +472,37 @@ fn spawn_storage_watchdog(
                 );
                 let _ = failed.set(error);
                 shutdown.cancel();
+                force_exit_after(STORAGE_EXIT_DEADLINE);
                 return;
             }
         }
     })
+}
+
+/// Exits the process with [`EXIT_STORAGE_FAILED`] after `deadline` unless
+/// it ended before. The orderly shutdown flushes the store, and when sled
+/// itself is stuck (a flush that never returns, `log::FLUSH_STUCK`) that
+/// flush, the appends in flight and the store's drop wait forever; nothing
+/// they hold is durable or acknowledged, so exiting loses nothing.
+fn force_exit_after(deadline: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("patchfeed-exit".into())
+        .spawn(move || {
+            std::thread::sleep(deadline);
+            tracing::error!(
+                deadline_s = deadline.as_secs(),
+                exit_status = EXIT_STORAGE_FAILED,
+                "storage: the shutdown did not finish; exiting now"
+            );
+            eprintln!(
+                "patchfeed: the shutdown after a storage failure did not finish within {}s; exiting",
+                deadline.as_secs()
+            );
+            std::process::exit(i32::from(EXIT_STORAGE_FAILED));
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the exit timer");
+    }
 }
 
 /// A thread running a current-thread runtime for the pollers and appends.

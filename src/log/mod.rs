@@ -25,6 +25,11 @@
 //! (`values`): sled 0.34 keeps large values in blob files that it does not
 //! reliably delete, so disk use would not follow what is retained. Chunks
 //! are written before the key that makes their value exist, like the rest.
+//!
+//! Every value write and every removal is counted by the group commit
+//! (`commit::UNFLUSHED_BUDGET`): past 256 KiB since the last flush began,
+//! the writer waits for a flush, so sled 0.34.7's log stays about 3 buffers
+//! ahead of its disk writes, below the 7 its file-truncation deadlock needs.
 
 mod codec;
 mod commit;
@@ -37,7 +42,7 @@ mod keys;
 mod tests;
 mod values;
 
-pub use commit::StorageHealth;
+pub use commit::{StorageHealth, FLUSH_STUCK};
 pub use depth::{check_depth, TooDeep, MAX_DOC_DEPTH};
 
 use std::collections::HashMap;
@@ -705,6 +710,14 @@ impl Store {
             }
             for k in &chunk {
                 tree.remove(k)?;
+                // What a removal costs in sled's log is not known here: it
+                // rewrites the leaf around the key, full of chunks. Counted
+                // as one chunk, so a compaction of 4 MB documents (about
+                // 10,000 chunk keys) cannot run sled's log far ahead of its
+                // disk (`commit::UNFLUSHED_BUDGET`).
+                self.inner
+                    .commit
+                    .wrote_blocking(tree, k.len() + values::CHUNK_BYTES)?;
             }
             removed += chunk.len() as u64;
         }
@@ -841,18 +854,30 @@ impl Store {
             // writes its chunks (if any) before its key.
             let health = &store.inner.health;
             let tree = &store.inner.tree;
+            let commit = &store.inner.commit;
             if let Some(json) = &snapshot_json {
-                values::put(tree, keys::SNAPSHOT, rkey, event_id.0, json, chunk_bytes)
-                    .map_err(|e| health.failed(e))?;
+                values::put(
+                    tree,
+                    commit,
+                    keys::SNAPSHOT,
+                    rkey,
+                    event_id.0,
+                    json,
+                    chunk_bytes,
+                )
+                .await
+                .map_err(|e| health.failed(e))?;
             }
             values::put(
                 tree,
+                commit,
                 keys::EVENT,
                 rkey,
                 event_id.0,
                 &event_json,
                 chunk_bytes,
             )
+            .await
             .map_err(|e| health.failed(e))?;
             if let Err(e) = store.inner.commit.durable().await {
                 // Not durable, never published: take it back so the log stays
@@ -1144,12 +1169,14 @@ impl Store {
         if !self.inner.tree.contains_key(skey)? {
             values::put(
                 &self.inner.tree,
+                &self.inner.commit,
                 keys::SNAPSHOT,
                 entry.rkey,
                 new_horizon.0,
                 &serde_json::to_vec(&doc).expect("document serializes"),
                 self.chunk_bytes(),
-            )?;
+            )
+            .await?;
         }
         self.inner.tree.insert(
             &keys::per_rkey(keys::HORIZON, entry.rkey)[..],

@@ -950,3 +950,40 @@ async fn a_version_1_data_dir_is_read_unchanged_and_upgraded() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(*store.head(&id).unwrap().unwrap().doc, doc(2));
 }
+
+/// Issue 17 (finding 4, follow-up): sled 0.34.7 can deadlock when its log
+/// runs 7 or more buffers ahead of its disk writes while it shrinks its
+/// file (`commit::UNFLUSHED_BUDGET`). A chunked value is one insert per
+/// 4 KiB and nothing waited for a flush until the whole append was written,
+/// so a 2 MB document put 4 MB (event and snapshot) into sled's log with
+/// one flush at the end. Now a writer waits for a flush whenever more than
+/// the budget was written since the last one began.
+#[tokio::test]
+async fn issue_17_deadlock_a_large_append_waits_for_a_flush_every_budget() {
+    const DOC: usize = 2_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = ResourceId::new("big").unwrap();
+    store.create(spec("big", 100, None), 0).await.unwrap();
+    let before = store.inner.commit.flushes();
+    // The first append stores the document twice: as its snapshot and as
+    // the event's root replace.
+    store
+        .append_at(&id, json!({ "blob": "a".repeat(DOC) }), 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let flushes = store.inner.commit.flushes() - before;
+    let written = 2 * DOC as u64;
+    let least = written / super::commit::UNFLUSHED_BUDGET;
+    assert!(
+        flushes >= least,
+        "{flushes} flushes for {written} bytes of values, budget {} between flushes: \
+         at least {least} expected",
+        super::commit::UNFLUSHED_BUDGET
+    );
+    let At::Found { doc, .. } = store.document_at(&id, Point::Time(u64::MAX >> 16)).unwrap() else {
+        panic!("the appended document is found");
+    };
+    assert_eq!(doc["blob"].as_str().map(str::len), Some(DOC));
+}

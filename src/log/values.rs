@@ -33,7 +33,7 @@
 use bytes::Bytes;
 use ulid::Ulid;
 
-use super::{codec, corrupt, keys, StoreError};
+use super::{codec, commit::GroupCommit, corrupt, keys, StoreError};
 
 /// Longest JSON stored inline, and the size of each chunk of a longer one.
 /// See the module doc for why it is this small.
@@ -46,9 +46,12 @@ const MAX_RESERVE: u64 = 64 << 20;
 
 /// Writes the value of the `tag` entry (`EVENT` or `SNAPSHOT`) at
 /// (`rkey`, `id`): chunks first (when longer than `chunk_bytes`), the entry
-/// key last.
-pub(crate) fn put(
+/// key last. After each insert it reports the bytes to `commit`, which
+/// makes it wait for a flush once too much is unflushed
+/// (`commit::UNFLUSHED_BUDGET`: a sled deadlock otherwise).
+pub(crate) async fn put(
     tree: &sled::Tree,
+    commit: &GroupCommit,
     tag: u8,
     rkey: u64,
     id: Ulid,
@@ -59,11 +62,13 @@ pub(crate) fn put(
     let chunk_bytes = chunk_bytes.max(1);
     if json.len() <= chunk_bytes {
         tree.insert(&key[..], codec::encode_json(json))?;
-        return Ok(());
+        return wrote(commit, key.len() + json.len()).await;
     }
     let mut chunks = 0u32;
     for part in json.chunks(chunk_bytes) {
-        tree.insert(&keys::chunk(tag, rkey, id, chunks)[..], part)?;
+        let chunk_key = keys::chunk(tag, rkey, id, chunks);
+        tree.insert(&chunk_key[..], part)?;
+        wrote(commit, chunk_key.len() + part.len()).await?;
         chunks = chunks
             .checked_add(1)
             .expect("fewer than 2^32 chunks: a value in memory is far below 2^32 chunk sizes");
@@ -71,6 +76,10 @@ pub(crate) fn put(
     let len = u64::try_from(json.len()).expect("a length in memory fits u64");
     tree.insert(&key[..], &codec::encode_chunked(len, chunks)[..])?;
     Ok(())
+}
+
+async fn wrote(commit: &GroupCommit, bytes: usize) -> Result<(), StoreError> {
+    commit.wrote(bytes).await.map_err(StoreError::Flush)
 }
 
 /// The JSON text of the entry value `v` read under `key` (an `E` or `S`
