@@ -37,6 +37,10 @@ struct DiskResource {
     /// the flag was stored: see [`legacy_ad_hoc`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ad_hoc: Option<bool>,
+    /// A push resource (fed by its owner, no url). Absent in records
+    /// written before push resources existed, and then false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    push: bool,
 }
 
 /// Whether a record written before the ad-hoc flag existed was made by the
@@ -66,6 +70,7 @@ pub(crate) fn encode_resource(rkey: u64, r: &ResourceRecord) -> Vec<u8> {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         created_ms: r.created_ms,
         ad_hoc: Some(r.spec.ad_hoc),
+        push: r.spec.push,
     };
     let mut out = vec![RECORD_V1];
     // Serializing a struct of strings and integers to a Vec cannot fail.
@@ -87,6 +92,7 @@ pub(crate) fn decode_resource(v: &[u8]) -> Option<(u64, ResourceRecord)> {
         snapshot_every: d.snapshot_every.max(1),
         retain: d.retain_ms.map(Duration::from_millis),
         ad_hoc: false,
+        push: d.push,
     };
     spec.ad_hoc = d.ad_hoc.unwrap_or_else(|| legacy_ad_hoc(&spec));
     Some((
@@ -156,6 +162,7 @@ mod tests {
             snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
             retain,
             ad_hoc,
+            push: false,
         }
     }
 
