@@ -40,6 +40,25 @@ pub enum Change {
     MergePatch(serde_json::Value),
 }
 
+/// The edit of the head (`null` before the first version) that `change`
+/// asks for: what [`Service::push`] hands the log, under its append lock.
+pub(crate) fn edit_for(change: Change) -> Edit {
+    match change {
+        Change::Document(doc) => Box::new(move |_| Ok(doc)),
+        Change::JsonPatch(patch) => Box::new(move |head| {
+            let mut doc = head.cloned().unwrap_or(serde_json::Value::Null);
+            // On a copy: an error leaves the head as it was.
+            crate::diff::apply_or_discard(&mut doc, &patch.0).map_err(|e| e.to_string())?;
+            Ok(doc)
+        }),
+        Change::MergePatch(patch) => Box::new(move |head| {
+            let mut doc = head.cloned().unwrap_or(serde_json::Value::Null);
+            json_patch::merge(&mut doc, &patch);
+            Ok(doc)
+        }),
+    }
+}
+
 /// What a push did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
@@ -189,20 +208,7 @@ impl Service {
         if !self.live_record(id)?.spec.push {
             return Ok(Pushed::Polled);
         }
-        let edit: Edit = match change {
-            Change::Document(doc) => Box::new(move |_| Ok(doc)),
-            Change::JsonPatch(patch) => Box::new(move |head| {
-                let mut doc = head.cloned().unwrap_or(serde_json::Value::Null);
-                // On a copy: an error leaves the head as it was.
-                crate::diff::apply_or_discard(&mut doc, &patch.0).map_err(|e| e.to_string())?;
-                Ok(doc)
-            }),
-            Change::MergePatch(patch) => Box::new(move |head| {
-                let mut doc = head.cloned().unwrap_or(serde_json::Value::Null);
-                json_patch::merge(&mut doc, &patch);
-                Ok(doc)
-            }),
-        };
+        let edit = edit_for(change);
         Ok(
             match self.registry.ingest_edit(id, if_match, heavy, edit).await? {
                 Edited::Appended(event, _) => Pushed::Done {
@@ -303,3 +309,6 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -229,6 +229,31 @@ mod tests {
     }
 
     #[test]
+    fn issue_18_the_push_flag_round_trips_and_old_records_read_as_polled() {
+        let record = |spec| ResourceRecord {
+            spec,
+            created_ms: 1,
+        };
+        let push = ResourceSpec {
+            url: String::new(),
+            push: true,
+            ..spec("p", "", None, false)
+        };
+        let (_, back) = decode_resource(&encode_resource(3, &record(push.clone()))).expect("reads");
+        assert_eq!(back.spec, push);
+        // A polled resource's record carries no `push` key, as before push
+        // resources existed; one written then reads as polled.
+        let polled = spec("r", "http://127.0.0.1:9/doc", None, false);
+        let bytes = encode_resource(3, &record(polled.clone()));
+        assert!(!String::from_utf8_lossy(&bytes).contains("push"));
+        let old = br#"{"rkey":3,"id":"r","url":"http://127.0.0.1:9/doc","interval_ms":5000,"headers":{},"snapshot_every":100,"retain_ms":null,"created_ms":1,"ad_hoc":false}"#;
+        let mut v = vec![RECORD_V1];
+        v.extend_from_slice(old);
+        let (_, back) = decode_resource(&v).expect("an old record reads");
+        assert_eq!(back.spec, polled);
+    }
+
+    #[test]
     fn inline_and_chunked_values_decode_and_garbage_does_not() {
         assert_eq!(
             decode_value(&encode_json(b"[1]")),

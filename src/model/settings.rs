@@ -362,6 +362,34 @@ mod tests {
     }
 
     #[test]
+    fn issue_18_url_exactly_unless_push() {
+        let s = ResourceSpec::validate(ResourceInput {
+            url: None,
+            push: true,
+            ..input()
+        })
+        .expect("a push resource without a url");
+        assert!(s.push && s.url.is_empty());
+        assert!(!ResourceSpec::validate(input()).unwrap().push);
+        let e = error(ResourceInput {
+            push: true,
+            url: Some("http://u:hunter2@h/".into()),
+            ..input()
+        });
+        assert_eq!(e.field, "push");
+        assert!(
+            e.message.contains("has no url") && !e.message.contains("hunter2"),
+            "{e}"
+        );
+        let e = error(ResourceInput {
+            url: None,
+            ..input()
+        });
+        assert_eq!(e.field, "url");
+        assert!(e.message.contains("unless push is true"), "{e}");
+    }
+
+    #[test]
     fn retain_forms() {
         assert_eq!(parse_retain("forever").unwrap(), None);
         assert_eq!(parse_retain(" forever ").unwrap(), None);
