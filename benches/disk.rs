@@ -116,6 +116,7 @@ fn load(
         snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
         retain: Some(RETAIN),
         ad_hoc: false,
+        push: false,
     };
     rt.block_on(store.create(spec, *clock)).unwrap();
     let mut retained: Vec<(EventId, u64)> = Vec::new();

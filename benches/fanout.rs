@@ -187,6 +187,7 @@ impl Sys {
                         snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
                         retain: None,
                         ad_hoc: false,
+                        push: false,
                     },
                     now_ms(),
                 )

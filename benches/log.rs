@@ -38,6 +38,7 @@ fn spec(id: &str, snapshot_every: u32, retain: Option<Duration>) -> ResourceSpec
         snapshot_every,
         retain,
         ad_hoc: false,
+        push: false,
     }
 }
 

@@ -219,7 +219,11 @@ struct RawProxy {
 #[serde(deny_unknown_fields)]
 struct RawResource {
     id: String,
-    url: String,
+    /// Absent exactly when `push = true`.
+    url: Option<String>,
+    /// Fed by its owner (`PUT`/`PATCH` of its document), never polled.
+    #[serde(default)]
+    push: bool,
     interval: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
@@ -390,6 +394,7 @@ fn resource(i: usize, r: RawResource) -> Result<ResourceSpec, ConfigError> {
         snapshot_every: r.snapshot_every,
         retain,
         ad_hoc: false,
+        push: r.push,
     })
     .map_err(|e| invalid(key(e.field), e.message))
 }

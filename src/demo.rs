@@ -155,7 +155,7 @@ pub async fn start(
 pub fn demo_spec(addr: SocketAddr) -> ResourceSpec {
     ResourceSpec::validate(ResourceInput {
         id: Some("demo".into()),
-        url: format!("http://{addr}{PATH}"),
+        url: Some(format!("http://{addr}{PATH}")),
         interval: Some(DEMO_INTERVAL),
         retain: Some(Some(DEMO_RETAIN)),
         ..ResourceInput::default()

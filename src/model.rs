@@ -295,6 +295,9 @@ pub struct ResourceSpec {
     /// never inferred from its id: a resource registered under an id that
     /// looks like the proxy's is never reaped.
     pub ad_hoc: bool,
+    /// Fed by its owner (`PUT`/`PATCH …/document`), never polled; then
+    /// `url` is empty.
+    pub push: bool,
 }
 
 /// Every default and bound of resource settings, written once: the

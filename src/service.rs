@@ -1,7 +1,8 @@
 //! The one service the HTTP API sees: the operations the contract names —
 //! create, list, get and delete resources; the document at a point; history;
-//! subscribe from a resume point; the streamdata route's resource for an
-//! upstream URL; health — over the registry, the log and the hub. Handlers
+//! subscribe from a resume point; poll now; push a document or a patch; the
+//! streamdata route's resource for an upstream URL; health — over the
+//! registry, the log and the hub. Handlers
 //! never reach the store, the fetchers or the hub themselves.
 
 use std::collections::BTreeMap;
@@ -15,7 +16,7 @@ use crate::metrics::{Metrics, Sampled};
 use crate::model::{EventId, Point, ResourceId, ResourceSpec};
 use crate::poll::fetch::FetchError;
 use crate::registry::{ProxyError, Registry, ResourceInfo};
-use crate::store::{At, Created, Health, History, Store, StoreError};
+use crate::store::{At, Created, Edit, Edited, Health, History, Store, StoreError};
 
 /// The document of a resource at a point, as the API serves it.
 #[derive(Debug)]
@@ -26,6 +27,61 @@ pub enum Document {
     NotYet,
     /// Before the horizon of a compacted log.
     Compacted { horizon: EventId },
+}
+
+/// A change a client pushes to a push resource's document.
+#[derive(Debug)]
+pub enum Change {
+    /// The new whole document (`PUT`).
+    Document(serde_json::Value),
+    /// RFC 6902, applied atomically to the current document.
+    JsonPatch(json_patch::Patch),
+    /// RFC 7396, merged into the current document.
+    MergePatch(serde_json::Value),
+}
+
+/// The edit of the head (`null` before the first version) that `change`
+/// asks for: what [`Service::push`] hands the log, under its append lock.
+pub(crate) fn edit_for(change: Change) -> Edit {
+    match change {
+        Change::Document(doc) => Box::new(move |_| Ok(doc)),
+        Change::JsonPatch(patch) => Box::new(move |head| {
+            let mut doc = head.cloned().unwrap_or(serde_json::Value::Null);
+            // On a copy: an error leaves the head as it was.
+            crate::diff::apply_or_discard(&mut doc, &patch.0).map_err(|e| e.to_string())?;
+            Ok(doc)
+        }),
+        Change::MergePatch(patch) => Box::new(move |head| {
+            let mut doc = head.cloned().unwrap_or(serde_json::Value::Null);
+            json_patch::merge(&mut doc, &patch);
+            Ok(doc)
+        }),
+    }
+}
+
+/// What a push did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Durable: the new event, or (`changed` false) the current one.
+    Done {
+        event_id: Option<EventId>,
+        changed: bool,
+    },
+    /// `If-Match` named another event than the newest (`head`).
+    PreconditionFailed { head: Option<EventId> },
+    /// The JSON Patch does not apply (its message); nothing stored.
+    PatchFailed(String),
+    /// The resource is polled: its versions come from its upstream.
+    Polled,
+}
+
+/// What a poll-now request did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PollNow {
+    /// The poller polls now, or right after the poll in flight.
+    Triggered,
+    /// A push resource: nothing to poll.
+    Push,
 }
 
 /// See the module docs.
@@ -127,6 +183,72 @@ impl Service {
                 At::Compacted { horizon } => Document::Compacted { horizon },
             },
         })
+    }
+
+    /// Poll `id` now (coalesced with a poll in flight, spaced, back-off
+    /// reset: `poll::poller`).
+    pub fn poll_now(&self, id: &ResourceId) -> Result<PollNow, StoreError> {
+        let record = self.live_record(id)?;
+        if record.spec.push {
+            return Ok(PollNow::Push);
+        }
+        if self.registry.poll_now(id) {
+            Ok(PollNow::Triggered)
+        } else {
+            // Its poller is gone: the resource is being deleted.
+            Err(StoreError::NoSuchResource(id.clone()))
+        }
+    }
+
+    /// The most a pushed body may weigh.
+    pub fn max_push_body(&self) -> usize {
+        self.registry.max_push_body()
+    }
+
+    /// Applies `change` to the document of push resource `id`, only if its
+    /// newest event is `if_match` (when given), and appends the result as
+    /// a poll's document would be (diffed, durable, then published).
+    /// `heavy`: the body was large.
+    pub async fn push(
+        &self,
+        id: &ResourceId,
+        change: Change,
+        if_match: Option<EventId>,
+        heavy: bool,
+    ) -> Result<Pushed, StoreError> {
+        if !self.live_record(id)?.spec.push {
+            return Ok(Pushed::Polled);
+        }
+        let edit = edit_for(change);
+        Ok(
+            match self.registry.ingest_edit(id, if_match, heavy, edit).await? {
+                Edited::Appended(event, _) => Pushed::Done {
+                    event_id: Some(event.id),
+                    changed: true,
+                },
+                Edited::Unchanged(head) => Pushed::Done {
+                    event_id: head,
+                    changed: false,
+                },
+                Edited::HeadMoved(head) => Pushed::PreconditionFailed { head },
+                Edited::Refused(why) => Pushed::PatchFailed(why),
+            },
+        )
+    }
+
+    /// The record of a resource that exists and is not quarantined.
+    fn live_record(&self, id: &ResourceId) -> Result<crate::model::ResourceRecord, StoreError> {
+        let record = self
+            .store
+            .resource(id)
+            .ok_or_else(|| StoreError::NoSuchResource(id.clone()))?;
+        if let Some(quarantine) = self.store.quarantine(id) {
+            return Err(StoreError::Quarantined {
+                id: id.clone(),
+                quarantine,
+            });
+        }
+        Ok(record)
     }
 
     /// One page of the changes after `after` up to `before`.
@@ -247,3 +369,6 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

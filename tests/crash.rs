@@ -66,6 +66,7 @@ fn spec(r: usize) -> ResourceSpec {
         snapshot_every: 5,
         retain: None,
         ad_hoc: false,
+        push: false,
     }
 }
 

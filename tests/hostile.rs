@@ -1068,6 +1068,7 @@ async fn the_guard_has_no_back_doors_through_config_or_the_demo() {
                 snapshot_every: 10,
                 retain: None,
                 ad_hoc: false,
+                push: false,
             })
         },
         true,
@@ -1308,6 +1309,9 @@ fn v1_requests() -> Vec<(&'static str, &'static str)> {
         ("GET", "/v1/resources/r/events"),
         ("GET", "/v1/resources/r/changes?timeout=0"),
         ("GET", "/v1/resources/r/ws"),
+        ("POST", "/v1/resources/r/poll"),
+        ("PUT", "/v1/resources/r/document"),
+        ("PATCH", "/v1/resources/r/document"),
         ("GET", "/v1/openapi.json"),
         ("GET", "/v1/resources/nonexistent"),
         ("GET", "/v1/resources/..%2F"),
@@ -1452,6 +1456,15 @@ async fn a_read_token_reads_and_subscribes_but_cannot_write() {
         reply.error_code(403, "forbidden");
         let reply = probe(auth(c.delete(at("/v1/resources/r")))).await;
         reply.error_code(403, "forbidden");
+        // Nor trigger a poll or push a document (issue 18).
+        for (method, path) in [
+            (reqwest::Method::POST, "/v1/resources/r/poll"),
+            (reqwest::Method::PUT, "/v1/resources/r/document"),
+            (reqwest::Method::PATCH, "/v1/resources/r/document"),
+        ] {
+            let reply = probe(auth(c.request(method.clone(), at(path))).json(&json!({}))).await;
+            reply.error_code(403, "forbidden");
+        }
     }
     // Nothing was created or deleted; the full token can do both.
     let ids = send(client().get(s.url("/v1/resources")).bearer_auth(TOKEN))

@@ -45,6 +45,27 @@ pub enum ApiError {
     /// As many WebSocket sessions are open as `limits.max_connections`.
     #[error("the server is at its WebSocket session limit; retry later")]
     TooManyConnections,
+    /// `PUT`/`PATCH …/document` of a polled resource.
+    #[error(
+        "resource {0:?} is polled: its versions come from its upstream, not from PUT or PATCH"
+    )]
+    PolledResource(String),
+    /// `POST …/poll` of a push resource.
+    #[error("resource {0:?} is a push resource: it has no upstream to poll")]
+    PushResource(String),
+    /// An `If-Match` that does not name the newest event.
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// A JSON Patch that does not apply to the current document.
+    #[error("the patch does not apply, nothing was stored: {0}")]
+    PatchFailed(String),
+    /// A document nested deeper than the log can store.
+    #[error("{0}")]
+    TooDeep(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -56,7 +77,13 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::ResourceExists(_) => StatusCode::CONFLICT,
+            ApiError::ResourceExists(_)
+            | ApiError::PolledResource(_)
+            | ApiError::PushResource(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PatchFailed(_) | ApiError::TooDeep(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidResource(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Compacted { .. } => StatusCode::GONE,
@@ -86,6 +113,13 @@ impl ApiError {
             ApiError::ProxyFull(_) => "proxy_full",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::Quarantined { .. } => "resource_quarantined",
+            ApiError::PolledResource(_) => "polled_resource",
+            ApiError::PushResource(_) => "push_resource",
+            ApiError::PreconditionFailed(_) => "precondition_failed",
+            ApiError::PatchFailed(_) => "patch_failed",
+            ApiError::TooDeep(_) => "too_deep",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -150,6 +184,15 @@ impl IntoResponse for ApiError {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if matches!(self, ApiError::UnsupportedMediaType(_)) {
+            // RFC 5789: what PATCH takes.
+            r.headers_mut().insert(
+                "accept-patch",
+                HeaderValue::from_static(
+                    "application/json-patch+json, application/merge-patch+json",
+                ),
+            );
+        }
         r
     }
 }
@@ -162,6 +205,7 @@ impl From<StoreError> for ApiError {
                 id: id.to_string(),
                 reason: quarantine.reason,
             },
+            StoreError::TooDeep(e) => ApiError::TooDeep(e.to_string()),
             e => ApiError::Internal(e.into()),
         }
     }

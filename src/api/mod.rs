@@ -7,6 +7,7 @@ mod changes;
 mod documents;
 pub(crate) mod error;
 mod events;
+mod ingest;
 mod openapi;
 mod ops;
 mod resources;
@@ -61,13 +62,16 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .merge(ws::router())
         .merge(streamdata::router())
         .merge(openapi::router())
+        // The general body limit on the routes above only: pushed documents
+        // are bounded by the upstream body limit, in `ingest` itself.
+        .layer(RequestBodyLimitLayer::new(limits.max_request_body))
+        .merge(ingest::router())
         .fallback(fallback)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone())
         // Around the routes and the fallbacks alike, so that without a
         // token a /v1 path that matches nothing is 401 too, not 404/405.
         .layer(middleware::from_fn_with_state(state, auth::require))
-        .layer(RequestBodyLimitLayer::new(limits.max_request_body))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,

@@ -35,7 +35,10 @@ pub fn router() -> Router<AppState> {
 #[serde(deny_unknown_fields)]
 struct NewResource {
     id: Option<String>,
-    url: String,
+    /// Absent exactly when `push` is true.
+    url: Option<String>,
+    #[serde(default)]
+    push: bool,
     interval_ms: Option<u64>,
     headers: Option<BTreeMap<String, String>>,
     snapshot_every: Option<u32>,
@@ -112,12 +115,15 @@ fn validate(state: &AppState, new: NewResource) -> Result<ResourceSpec, ApiError
         snapshot_every: new.snapshot_every,
         retain,
         ad_hoc: false,
+        push: new.push,
     })
     .map_err(settings_error)?;
-    state
-        .service
-        .check_url(&spec.url)
-        .map_err(|e| invalid(format!("url: {e}")))?;
+    if !spec.push {
+        state
+            .service
+            .check_url(&spec.url)
+            .map_err(|e| invalid(format!("url: {e}")))?;
+    }
     Ok(spec)
 }
 
@@ -165,7 +171,8 @@ fn view(info: &ResourceInfo) -> Value {
     json!({
         "id": spec.id.as_str(),
         // Credentials in the URL are for polling, not for showing.
-        "url": redact_url(&spec.url),
+        "url": (!spec.push).then(|| redact_url(&spec.url)),
+        "push": spec.push,
         "interval_ms": u64::try_from(spec.interval.as_millis()).unwrap_or(u64::MAX),
         "created": format_rfc3339_ms(info.record.created_ms),
         "last_event_id": info.log.last_event_id.map(|e| e.to_string()),

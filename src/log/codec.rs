@@ -40,6 +40,10 @@ struct DiskResource {
     /// the flag was stored: see [`legacy_ad_hoc`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ad_hoc: Option<bool>,
+    /// A push resource (fed by its owner, no url). Absent in records
+    /// written before push resources existed, and then false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    push: bool,
 }
 
 /// Whether a record written before the ad-hoc flag existed was made by the
@@ -69,6 +73,7 @@ pub(crate) fn encode_resource(rkey: u64, r: &ResourceRecord) -> Vec<u8> {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         created_ms: r.created_ms,
         ad_hoc: Some(r.spec.ad_hoc),
+        push: r.spec.push,
     };
     let mut out = vec![RECORD_V1];
     // Serializing a struct of strings and integers to a Vec cannot fail.
@@ -90,6 +95,7 @@ pub(crate) fn decode_resource(v: &[u8]) -> Option<(u64, ResourceRecord)> {
         snapshot_every: d.snapshot_every.max(1),
         retain: d.retain_ms.map(Duration::from_millis),
         ad_hoc: false,
+        push: d.push,
     };
     spec.ad_hoc = d.ad_hoc.unwrap_or_else(|| legacy_ad_hoc(&spec));
     Some((
@@ -159,6 +165,7 @@ mod tests {
             snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
             retain,
             ad_hoc,
+            push: false,
         }
     }
 
@@ -222,6 +229,31 @@ mod tests {
             Some(ResourceSpec::AD_HOC_RETAIN),
             false
         )));
+    }
+
+    #[test]
+    fn issue_18_the_push_flag_round_trips_and_old_records_read_as_polled() {
+        let record = |spec| ResourceRecord {
+            spec,
+            created_ms: 1,
+        };
+        let push = ResourceSpec {
+            url: String::new(),
+            push: true,
+            ..spec("p", "", None, false)
+        };
+        let (_, back) = decode_resource(&encode_resource(3, &record(push.clone()))).expect("reads");
+        assert_eq!(back.spec, push);
+        // A polled resource's record carries no `push` key, as before push
+        // resources existed; one written then reads as polled.
+        let polled = spec("r", "http://127.0.0.1:9/doc", None, false);
+        let bytes = encode_resource(3, &record(polled.clone()));
+        assert!(!String::from_utf8_lossy(&bytes).contains("push"));
+        let old = br#"{"rkey":3,"id":"r","url":"http://127.0.0.1:9/doc","interval_ms":5000,"headers":{},"snapshot_every":100,"retain_ms":null,"created_ms":1,"ad_hoc":false}"#;
+        let mut v = vec![RECORD_V1];
+        v.extend_from_slice(old);
+        let (_, back) = decode_resource(&v).expect("an old record reads");
+        assert_eq!(back.spec, polled);
     }
 
     #[test]

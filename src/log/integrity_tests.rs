@@ -19,6 +19,7 @@ fn spec(id: &str) -> ResourceSpec {
         snapshot_every: 2,
         retain: None,
         ad_hoc: false,
+        push: false,
     }
 }
 

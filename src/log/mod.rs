@@ -204,6 +204,26 @@ pub enum History {
     },
 }
 
+/// A change to the current document, computed under the append lock from
+/// the head (`None` before the first version): the new whole document, or
+/// why the change does not apply (then nothing is stored).
+pub type Edit = Box<dyn FnOnce(Option<&Value>) -> Result<Value, String> + Send>;
+
+/// Answer of [`Store::append_edit`].
+#[derive(Debug)]
+pub enum Edited {
+    /// Appended, durable; with the id before it.
+    Appended(Event, Option<EventId>),
+    /// The edit produced the current document: nothing appended. The head
+    /// id (`None` only if there is no version yet).
+    Unchanged(Option<EventId>),
+    /// The head was not the expected event: nothing was computed or stored.
+    /// The actual head id.
+    HeadMoved(Option<EventId>),
+    /// The edit refused to apply (its message): nothing stored.
+    Refused(String),
+}
+
 /// What [`Store::compact`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Compaction {
@@ -365,6 +385,7 @@ fn placeholder_record(id: ResourceId) -> ResourceRecord {
             snapshot_every: ResourceSpec::DEFAULT_SNAPSHOT_EVERY,
             retain: None,
             ad_hoc: false,
+            push: false,
         },
         created_ms: 0,
     }
@@ -805,24 +826,90 @@ impl Store {
     ) -> Result<Option<(Event, Option<EventId>)>, StoreError> {
         // Before anything is stored: what is stored must read back.
         check_depth(&doc)?;
+        let heavy = diff::nodes_at_least(&doc, crate::cpu::INLINE_NODES);
+        match self
+            .append_step(id, None, heavy, Box::new(move |_| Ok(doc)), now_ms)
+            .await?
+        {
+            Edited::Appended(e, prev) => Ok(Some((e, prev))),
+            Edited::Unchanged(_) => Ok(None),
+            // No precondition, and the edit always applies.
+            Edited::HeadMoved(_) | Edited::Refused(_) => Ok(None),
+        }
+    }
+
+    /// Appends what `edit` makes of the head, diffed against it like
+    /// [`Store::append_chained`]: the head check, the edit and the append
+    /// happen under the one append lock, so with `expected` = `Some(e)` the
+    /// event is appended only if `e` is still the newest event (else
+    /// `HeadMoved`, nothing stored), and of two writers expecting the same
+    /// head exactly one wins. An edit that refuses, or whose document is
+    /// too deep to store, stores nothing. Durable before return. `heavy`:
+    /// the caller knows the new document is large, so the edit and the diff
+    /// go to the blocking pool even if the head is small.
+    pub async fn append_edit(
+        &self,
+        id: &ResourceId,
+        expected: Option<EventId>,
+        heavy: bool,
+        edit: Edit,
+        now_ms: u64,
+    ) -> Result<Edited, StoreError> {
+        self.append_step(id, expected, heavy, edit, now_ms).await
+    }
+
+    /// The one append path: under the append lock, checks `expected`
+    /// against the head, runs `edit` on it, checks the depth, diffs and
+    /// encodes (on the blocking pool when the documents are large or
+    /// `heavy`), then commits.
+    async fn append_step(
+        &self,
+        id: &ResourceId,
+        expected: Option<EventId>,
+        heavy: bool,
+        edit: Edit,
+        now_ms: u64,
+    ) -> Result<Edited, StoreError> {
         let entry = self.entry(id)?;
         let guard = entry.append.clone().lock_owned().await;
         if entry.deleted.load(Ordering::SeqCst) {
             return Err(StoreError::NoSuchResource(id.clone()));
         }
         let state = read(&entry.state).clone();
-        // The diff and the encoding run off the ingest thread when the
-        // documents are large (`cpu`), still under the append lock, so the
-        // versions of one resource stay in order. A caller dropped while the
-        // step runs leaves nothing to undo: nothing is written before it.
+        let head_id = state.head.as_ref().map(|h| h.id);
+        if let Some(want) = expected {
+            if head_id != Some(want) {
+                return Ok(Edited::HeadMoved(head_id));
+            }
+        }
+        // The edit, the diff and the encoding run off the ingest thread
+        // when the documents are large (`cpu`), still under the append
+        // lock, so the versions of one resource stay in order. A caller
+        // dropped while the step runs leaves nothing to undo: nothing is
+        // written before it.
         let prev = state.head.as_ref().map(|h| h.doc.clone());
-        let heavy = prev
-            .as_deref()
-            .is_some_and(|p| diff::nodes_at_least(p, crate::cpu::INLINE_NODES))
-            || diff::nodes_at_least(&doc, crate::cpu::INLINE_NODES);
-        let encoded = crate::cpu::run(heavy, move || encode(prev.as_deref(), doc))
-            .await
-            .map_err(|e| StoreError::Flush(e.to_string()))?;
+        let heavy = heavy
+            || prev
+                .as_deref()
+                .is_some_and(|p| diff::nodes_at_least(p, crate::cpu::INLINE_NODES));
+        let step = crate::cpu::run(
+            heavy,
+            move || -> Result<Result<Option<Encoded>, String>, TooDeep> {
+                let doc = match edit(prev.as_deref()) {
+                    Ok(doc) => doc,
+                    Err(why) => return Ok(Err(why)),
+                };
+                // Before anything is stored: what is stored must read back.
+                check_depth(&doc)?;
+                Ok(Ok(encode(prev.as_deref(), doc)))
+            },
+        )
+        .await
+        .map_err(|e| StoreError::Flush(e.to_string()))??;
+        let encoded = match step {
+            Ok(encoded) => encoded,
+            Err(why) => return Ok(Edited::Refused(why)),
+        };
         let Some(Encoded {
             patch_json,
             doc_json,
@@ -830,7 +917,7 @@ impl Store {
             budget_exceeded,
         }) = encoded
         else {
-            return Ok(None);
+            return Ok(Edited::Unchanged(head_id));
         };
         let last = state.allocated.max(state.head.as_ref().map(|h| h.id));
         let event_id =
@@ -902,14 +989,13 @@ impl Store {
         if budget_exceeded {
             self.inner.diff_fallbacks.fetch_add(1, Ordering::Relaxed);
         }
-        let prev = state.head.as_ref().map(|h| h.id);
-        Ok(Some((
+        Ok(Edited::Appended(
             Event {
                 id: event_id,
                 patch: patch_json,
             },
-            prev,
-        )))
+            head_id,
+        ))
     }
 
     /// Up to `limit` events with id > `after`, oldest first, never past the

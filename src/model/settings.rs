@@ -14,13 +14,14 @@ use std::time::Duration;
 use super::{redact_url, ResourceId, ResourceSpec};
 
 /// Resource settings as a user gives them: everything but the URL may be
-/// left out and then takes its default.
+/// left out and then takes its default; a push resource has no URL.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResourceInput {
     /// `None`: a fresh ULID in lower case.
     pub id: Option<String>,
-    /// The upstream URL; must parse and be `http` or `https`.
-    pub url: String,
+    /// The upstream URL: it must parse and be `http` or `https`; `None`
+    /// exactly when `push`.
+    pub url: Option<String>,
     /// `None`: [`ResourceSpec::DEFAULT_INTERVAL`].
     pub interval: Option<Duration>,
     /// Headers sent to the upstream: valid HTTP names and values. Default
@@ -32,6 +33,8 @@ pub struct ResourceInput {
     pub retain: Option<Option<Duration>>,
     /// Created by the streamdata proxy; see [`ResourceSpec::ad_hoc`].
     pub ad_hoc: bool,
+    /// Fed by its owner, never polled.
+    pub push: bool,
 }
 
 /// Why settings are not acceptable: the setting (as the config file names
@@ -40,7 +43,8 @@ pub struct ResourceInput {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct SettingsError {
-    /// `id`, `url`, `interval`, `headers`, `snapshot_every` or `retain`.
+    /// `id`, `url`, `push`, `interval`, `headers`, `snapshot_every` or
+    /// `retain`.
     pub field: &'static str,
     /// What is wrong, naming the value (a header value never: it may be a
     /// secret).
@@ -85,7 +89,8 @@ pub fn check_interval(d: Duration) -> Result<Duration, String> {
 
 impl ResourceSpec {
     /// The one validator of resource settings: checks, in this order, id,
-    /// url (it parses, and is http or https), interval, snapshot_every,
+    /// url (given exactly when not `push`; it parses, and is http or
+    /// https), interval, snapshot_every,
     /// headers (names and values valid in HTTP) and retain, and applies the
     /// defaults. The first bad setting is the error.
     pub fn validate(input: ResourceInput) -> Result<ResourceSpec, SettingsError> {
@@ -93,18 +98,25 @@ impl ResourceSpec {
             Some(raw) => ResourceId::new(&raw).map_err(|e| err("id", format!("{raw:?}: {e}")))?,
             None => fresh_id(),
         };
-        let url = url::Url::parse(&input.url)
-            .map_err(|e| err("url", format!("{:?}: {e}", redact_url(&input.url))))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(err(
-                "url",
-                format!(
-                    "{:?}: scheme {:?} is not http or https",
-                    redact_url(&input.url),
-                    url.scheme()
-                ),
-            ));
-        }
+        let url = match (input.url, input.push) {
+            (Some(u), false) => check_url(u)?,
+            (None, true) => String::new(),
+            (Some(u), true) => {
+                return Err(err(
+                    "push",
+                    format!(
+                        "a push resource has no url, but {:?} was given",
+                        redact_url(&u)
+                    ),
+                ))
+            }
+            (None, false) => {
+                return Err(err(
+                    "url",
+                    "missing: a resource needs a url unless push is true".into(),
+                ))
+            }
+        };
         let interval = check_interval(input.interval.unwrap_or(Self::DEFAULT_INTERVAL))
             .map_err(|m| err("interval", m))?;
         let snapshot_every = input.snapshot_every.unwrap_or(Self::DEFAULT_SNAPSHOT_EVERY);
@@ -128,14 +140,32 @@ impl ResourceSpec {
         }
         Ok(ResourceSpec {
             id,
-            url: input.url,
+            url,
             interval,
             headers: input.headers,
             snapshot_every,
             retain: input.retain.unwrap_or(Some(Self::DEFAULT_RETAIN)),
             ad_hoc: input.ad_hoc,
+            push: input.push,
         })
     }
+}
+
+/// An upstream URL that parses and is http or https.
+fn check_url(raw: String) -> Result<String, SettingsError> {
+    let url =
+        url::Url::parse(&raw).map_err(|e| err("url", format!("{:?}: {e}", redact_url(&raw))))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(err(
+            "url",
+            format!(
+                "{:?}: scheme {:?} is not http or https",
+                redact_url(&raw),
+                url.scheme()
+            ),
+        ));
+    }
+    Ok(raw)
 }
 
 fn fresh_id() -> ResourceId {
@@ -150,7 +180,7 @@ mod tests {
     fn input() -> ResourceInput {
         ResourceInput {
             id: Some("r".into()),
-            url: "https://example.com/x".into(),
+            url: Some("https://example.com/x".into()),
             ..ResourceInput::default()
         }
     }
@@ -270,7 +300,7 @@ mod tests {
             ("ws://h/", "scheme \"ws\""),
         ] {
             let e = error(ResourceInput {
-                url: url.into(),
+                url: Some(url.into()),
                 ..input()
             });
             assert_eq!(e.field, "url", "{url}");
@@ -278,7 +308,7 @@ mod tests {
         }
         for url in ["http://h/", "https://h:8443/x?y=1", "HTTP://H/"] {
             let ok = ResourceInput {
-                url: url.into(),
+                url: Some(url.into()),
                 ..input()
             };
             assert!(ResourceSpec::validate(ok).is_ok(), "{url}");
@@ -292,7 +322,7 @@ mod tests {
             "http://user:hunter2@exa mple.com/",
         ] {
             let e = error(ResourceInput {
-                url: url.into(),
+                url: Some(url.into()),
                 ..input()
             });
             assert_eq!(e.field, "url");
@@ -323,7 +353,7 @@ mod tests {
     fn issue_11_the_first_bad_setting_is_named() {
         let e = error(ResourceInput {
             id: Some("a b".into()),
-            url: "ftp://h/".into(),
+            url: Some("ftp://h/".into()),
             interval: Some(Duration::ZERO),
             ..ResourceInput::default()
         });
@@ -335,6 +365,34 @@ mod tests {
         });
         assert_eq!(e.field, "interval");
         assert_eq!(e.to_string(), "interval: 0s is below the minimum of 100ms");
+    }
+
+    #[test]
+    fn issue_18_url_exactly_unless_push() {
+        let s = ResourceSpec::validate(ResourceInput {
+            url: None,
+            push: true,
+            ..input()
+        })
+        .expect("a push resource without a url");
+        assert!(s.push && s.url.is_empty());
+        assert!(!ResourceSpec::validate(input()).unwrap().push);
+        let e = error(ResourceInput {
+            push: true,
+            url: Some("http://u:hunter2@h/".into()),
+            ..input()
+        });
+        assert_eq!(e.field, "push");
+        assert!(
+            e.message.contains("has no url") && !e.message.contains("hunter2"),
+            "{e}"
+        );
+        let e = error(ResourceInput {
+            url: None,
+            ..input()
+        });
+        assert_eq!(e.field, "url");
+        assert!(e.message.contains("unless push is true"), "{e}");
     }
 
     #[test]

@@ -206,6 +206,11 @@ impl Fetcher {
         Ok(Fetcher { client, config })
     }
 
+    /// The largest body fetched (`FetchConfig::max_body`).
+    pub fn max_body(&self) -> usize {
+        self.config.max_body
+    }
+
     /// Checks a URL against everything known before connecting: syntax,
     /// scheme (http/https only), credentials, `allowed_hosts`, IP literals.
     pub fn check_url(&self, url: &str) -> Result<(), FetchError> {

@@ -3,13 +3,17 @@
 //!
 //! The loop never waits on a client: publishing to the hub cannot block.
 //! It is cancelled only between steps (while fetching or sleeping), never
-//! inside an append. The parse, diff and encoding of a large document run
+//! inside an append. A poll-now trigger (`POST …/poll`) ends the sleep
+//! early: triggers coalesce into at most one queued poll after the one in
+//! flight, a triggered poll starts no sooner than [`TRIGGER_SPACING`] after
+//! the previous poll started, and it resets the back-off. The parse, diff and encoding of a large document run
 //! on the blocking pool (`crate::cpu`), one at a time per resource, so a
 //! costly document delays only its own loop.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use serde_json::Value;
 
 use tokio::time::Instant;
@@ -20,7 +24,7 @@ use super::fetch::{Fetched, Fetcher, Validators};
 use crate::hub::{Hub, UpstreamError};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, EventId, ResourceId, ResourceSpec};
-use crate::store::{Store, StoreError};
+use crate::store::{Edit, Edited, Store, StoreError};
 
 /// Appends a new version of `id` and, once it is durable, publishes it:
 /// what happens to every fetched document, and to documents handed over by
@@ -42,6 +46,33 @@ pub(crate) async fn ingest(
     Ok(Some(event_id))
 }
 
+/// [`ingest`] of what `edit` makes of the head, if `expected` (when given)
+/// is still the newest event: the same append, metrics and publish, for
+/// documents their owner pushes.
+pub(crate) async fn ingest_edit(
+    store: &Store,
+    hub: &Hub,
+    metrics: &Metrics,
+    id: &ResourceId,
+    expected: Option<EventId>,
+    heavy: bool,
+    edit: Edit,
+) -> Result<Edited, StoreError> {
+    let edited = store
+        .append_edit(id, expected, heavy, edit, now_ms())
+        .await?;
+    if let Edited::Appended(event, prev) = &edited {
+        Metrics::inc(&metrics.events_appended);
+        hub.publish(id, event.clone(), *prev);
+    }
+    Ok(edited)
+}
+
+/// The least time from the start of one poll to the start of a poll that a
+/// trigger asked for: the most a flood of `POST …/poll` makes of one
+/// upstream is one poll per spacing (the minimum interval).
+pub const TRIGGER_SPACING: Duration = ResourceSpec::MIN_INTERVAL;
+
 /// Longest back-off after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -61,6 +92,9 @@ pub struct Poller {
     pub metrics: Arc<Metrics>,
     pub fetcher: Fetcher,
     pub status: Arc<Mutex<PollStatus>>,
+    /// Poll now: ends the sleep. `Notify` keeps at most one permit, so any
+    /// number of triggers during a poll make one more poll, not many.
+    pub trigger: Arc<tokio::sync::Notify>,
 }
 
 impl Poller {
@@ -142,6 +176,18 @@ impl Poller {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(started + delay) => {}
+                _ = self.trigger.notified() => {
+                    // Asked to poll now: the back-off starts over, and the
+                    // poll waits out the spacing.
+                    backoff.reset();
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep_until(started + TRIGGER_SPACING) => {}
+                    }
+                    // A trigger during the spacing is served by the poll
+                    // about to start: take its permit.
+                    let _ = self.trigger.notified().now_or_never();
+                }
             }
         }
     }

@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::model::{now_ms, EventId, ResourceId, ResourceRecord, ResourceSpec};
 use crate::poll::fetch::{FetchConfig, FetchError, Fetcher};
 use crate::poll::poller::PollStatus;
-use crate::store::{Created, LogStatus, Quarantine, Store, StoreError};
+use crate::store::{Created, Edit, Edited, LogStatus, Quarantine, Store, StoreError};
 
 pub use proxy::ProxyError;
 
@@ -136,6 +136,45 @@ impl Registry {
             )
             .await
             .map_err(|e| StoreError::Flush(format!("ingest task failed: {e}")))?
+    }
+
+    /// [`Registry::ingest`] of what `edit` makes of the head, if
+    /// `expected` (when given) is the newest event: the push path. On the
+    /// pollers' runtime like every append, so a client that goes away
+    /// mid-request stops nothing.
+    pub async fn ingest_edit(
+        &self,
+        id: &ResourceId,
+        expected: Option<EventId>,
+        heavy: bool,
+        edit: Edit,
+    ) -> Result<Edited, StoreError> {
+        let (store, hub, metrics, id) = (
+            self.store.clone(),
+            self.hub.clone(),
+            self.metrics.clone(),
+            id.clone(),
+        );
+        self.ingest
+            .spawn(async move {
+                crate::poll::poller::ingest_edit(&store, &hub, &metrics, &id, expected, heavy, edit)
+                    .await
+            })
+            .await
+            .map_err(|e| StoreError::Flush(format!("ingest task failed: {e}")))?
+    }
+
+    /// Asks the poller of `id` to poll now: coalesced with a poll in
+    /// flight, spaced by `poll::poller::TRIGGER_SPACING`, back-off reset.
+    /// False if no poller runs for it (unknown, push or quarantined).
+    pub fn poll_now(&self, id: &ResourceId) -> bool {
+        self.pollers.trigger(id)
+    }
+
+    /// The most a pushed document may weigh, as JSON text: the upstream
+    /// body limit.
+    pub fn max_push_body(&self) -> usize {
+        self.fetchers.guarded.max_body()
     }
 
     /// Creates a resource and starts polling it; `Exists` changes nothing.

@@ -1,5 +1,5 @@
-//! The registry's pollers: exactly one task per resource (none for a
-//! quarantined one), each with the fetcher its kind calls for — guarded,
+//! The registry's pollers: exactly one task per polled resource (none for
+//! a quarantined or a push one), each with the fetcher its kind calls for — guarded,
 //! the proxy's (guarded plus `proxy.allowed_hosts`), or trusted (the
 //! built-in demo on loopback) — and its poll status kept across restarts of
 //! the task.
@@ -28,6 +28,8 @@ pub(super) struct Fetchers {
 
 pub(super) struct Running {
     cancel: CancellationToken,
+    /// Poll now (see `Poller::trigger`).
+    trigger: Arc<tokio::sync::Notify>,
     task: JoinHandle<()>,
     status: Arc<Mutex<PollStatus>>,
 }
@@ -49,6 +51,18 @@ impl Pollers {
             Some(r) => {
                 r.cancel.cancel();
                 let _ = r.task.await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks the poller of `id` to poll now (coalesced, spaced: see
+    /// `poll::poller`). False if none runs.
+    pub(super) fn trigger(&self, id: &ResourceId) -> bool {
+        match lock(&self.running).get(id) {
+            Some(r) => {
+                r.trigger.notify_one();
                 true
             }
             None => false,
@@ -105,7 +119,13 @@ impl Registry {
             }
             None => Arc::default(),
         };
+        // A push resource is fed by its owner: no poller (an old one, from
+        // before its settings changed, was cancelled above).
+        if spec.push {
+            return;
+        }
         let cancel = self.shutdown.child_token();
+        let trigger = Arc::new(tokio::sync::Notify::new());
         let poller = Poller {
             spec,
             store: self.store.clone(),
@@ -113,12 +133,14 @@ impl Registry {
             metrics: self.metrics.clone(),
             fetcher,
             status: status.clone(),
+            trigger: trigger.clone(),
         };
         let task = self.ingest.spawn(poller.run(cancel.clone()));
         pollers.insert(
             id,
             Running {
                 cancel,
+                trigger,
                 task,
                 status,
             },

@@ -74,7 +74,9 @@ impl Registry {
         self.store
             .resources()
             .into_iter()
-            .find(|r| normalize_url(&r.spec.url) == want && &r.spec.headers == headers)
+            .find(|r| {
+                !r.spec.push && normalize_url(&r.spec.url) == want && &r.spec.headers == headers
+            })
             .map(|r| r.spec.id)
     }
 
@@ -120,12 +122,13 @@ impl Registry {
         // headers come from a client's request.
         let spec = ResourceSpec::validate(ResourceInput {
             id: Some(id.as_str().to_owned()),
-            url: url.to_owned(),
+            url: Some(url.to_owned()),
             interval: Some(config.interval),
             headers: headers.clone(),
             snapshot_every: None,
             retain: Some(Some(ResourceSpec::AD_HOC_RETAIN)),
             ad_hoc: true,
+            push: false,
         })
         .map_err(|e| ProxyError::Refused(FetchError::InvalidUrl(e.to_string())))?;
         let created = self.store.create(spec, now_ms()).await?;

@@ -14,8 +14,8 @@ use serde_json::Value;
 use ulid::Ulid;
 
 pub use crate::log::{
-    At, Compaction, Created, Head, History, LogStatus, Quarantine, ReadAfter, StoreError,
-    Unattributed,
+    At, Compaction, Created, Edit, Edited, Head, History, LogStatus, Quarantine, ReadAfter,
+    StoreError, Unattributed,
 };
 use crate::model::{Event, EventId, Point, ResourceId, ResourceRecord, ResourceSpec};
 
@@ -111,6 +111,31 @@ pub trait Storage: Send + Sync + 'static {
         doc: Value,
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Option<Appended>, StoreError>>;
+
+    /// [`Storage::append`] of what `edit` makes of the head document
+    /// (`None` before the first version), for writers that change the
+    /// document themselves (push resources). The precondition, the edit
+    /// and the append run under one per-resource lock, against the durable
+    /// head:
+    ///
+    /// - with `expected` = `Some(e)`, unless `e` is the newest event the
+    ///   answer is `HeadMoved(actual)` and the edit does not run; so of any
+    ///   number of writers expecting the same head, exactly one appends;
+    /// - an edit that refuses (`Err`) is `Refused`, a document too deep to
+    ///   store is `StoreError::TooDeep`: nothing is stored either way;
+    /// - an edit that yields the head document is `Unchanged(head)`;
+    /// - `Appended` only once durable, with the id before it.
+    ///
+    /// `heavy`: the caller knows the new document is large (the edit and
+    /// the diff then run off the calling thread, as `append` does).
+    fn append_edit<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        expected: Option<EventId>,
+        heavy: bool,
+        edit: Edit,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Edited, StoreError>>;
 
     /// The newest durable version, if the resource has one.
     fn head(&self, id: &ResourceId) -> Result<Option<Head>, StoreError>;
@@ -220,6 +245,19 @@ impl Storage for crate::log::Store {
         now_ms: u64,
     ) -> BoxFuture<'a, Result<Option<Appended>, StoreError>> {
         Box::pin(crate::log::Store::append_chained(self, id, doc, now_ms))
+    }
+
+    fn append_edit<'a>(
+        &'a self,
+        id: &'a ResourceId,
+        expected: Option<EventId>,
+        heavy: bool,
+        edit: Edit,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Edited, StoreError>> {
+        Box::pin(crate::log::Store::append_edit(
+            self, id, expected, heavy, edit, now_ms,
+        ))
     }
 
     fn head(&self, id: &ResourceId) -> Result<Option<Head>, StoreError> {

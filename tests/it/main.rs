@@ -9,6 +9,7 @@ mod crash_server;
 mod documents;
 mod edges;
 mod faults;
+mod ingest;
 mod ingest_isolation;
 mod inproc_api;
 mod openapi;

@@ -146,6 +146,7 @@ impl InProcess {
                 snapshot_every: 3,
                 retain: None,
                 ad_hoc: false,
+                push: false,
             }],
             ..Config::default()
         };

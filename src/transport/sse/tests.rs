@@ -128,6 +128,7 @@ fn run_case(
                     snapshot_every: 3,
                     retain: None,
                     ad_hoc: false,
+                    push: false,
                 },
                 0,
             )
@@ -295,6 +296,7 @@ async fn since_counts_events_in_its_millisecond_appended_after_the_stream_opened
                 snapshot_every: 3,
                 retain: None,
                 ad_hoc: false,
+                push: false,
             },
             0,
         )
@@ -360,6 +362,7 @@ async fn the_current_error_comes_with_the_first_chunk() {
                 snapshot_every: 3,
                 retain: None,
                 ad_hoc: false,
+                push: false,
             },
             0,
         )
