@@ -425,7 +425,7 @@ fn refuses_other_format_versions() {
     let dir = tempfile::tempdir().unwrap();
     drop(Store::open(dir.path()).unwrap());
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path()).unwrap();
         db.insert(keys::VERSION, &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
@@ -541,7 +541,7 @@ async fn writes_cut_by_a_crash_are_ignored_or_finished_at_open() {
     // What the crashed process left behind.
     let orphan = Ulid::from_parts(last.0.timestamp_ms() + 5, 0);
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path()).unwrap();
         db.insert(
             keys::entry(keys::SNAPSHOT, rkey, orphan),
             codec::encode_json(br#"{"never":"was"}"#),
@@ -848,7 +848,7 @@ async fn chunked_writes_cut_by_a_crash_are_ignored_or_removed_at_open() {
     // event's; and a stray chunk beyond the last event's count.
     let cut = Ulid::from_parts(last.0.timestamp_ms() + 5, 0);
     let stray = {
-        let db = sled::open(dir.path()).unwrap();
+        let db = open_db(dir.path()).unwrap();
         for i in 0..3 {
             db.insert(
                 keys::chunk(keys::SNAPSHOT, rkey, cut, i),

@@ -116,24 +116,7 @@ fn run_case(
         .unwrap();
     let r = rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = ResourceId::new("r").unwrap();
-        store
-            .create(
-                ResourceSpec {
-                    id: id.clone(),
-                    url: "http://127.0.0.1:1/".into(),
-                    interval: Duration::from_secs(1),
-                    headers: Default::default(),
-                    snapshot_every: 3,
-                    retain: None,
-                    ad_hoc: false,
-                    push: false,
-                },
-                0,
-            )
-            .await
-            .unwrap();
+        let (store, id) = store_with_resource(dir.path()).await;
         let hub = Arc::new(Hub::new(capacity));
         let mut versions: Vec<(EventId, Value)> = Vec::new();
         for i in 0..before {
@@ -277,14 +260,9 @@ fn run_case(
     r
 }
 
-/// The semantics behind finding 10, pinned without any race: a `since=T`
-/// client holds the document as of T, which includes an event detected in
-/// T's millisecond even if it was appended after the stream was opened; the
-/// first event it is sent is the first one after T's millisecond.
-#[tokio::test]
-async fn since_counts_events_in_its_millisecond_appended_after_the_stream_opened() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
+/// A store in `dir` with one resource, `r` (snapshots every 3 events).
+async fn store_with_resource(dir: &std::path::Path) -> (Store, ResourceId) {
+    let store = Store::open(dir).unwrap();
     let id = ResourceId::new("r").unwrap();
     store
         .create(
@@ -302,6 +280,17 @@ async fn since_counts_events_in_its_millisecond_appended_after_the_stream_opened
         )
         .await
         .unwrap();
+    (store, id)
+}
+
+/// The semantics behind finding 10, pinned without any race: a `since=T`
+/// client holds the document as of T, which includes an event detected in
+/// T's millisecond even if it was appended after the stream was opened; the
+/// first event it is sent is the first one after T's millisecond.
+#[tokio::test]
+async fn since_counts_events_in_its_millisecond_appended_after_the_stream_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, id) = store_with_resource(dir.path()).await;
     let hub = Hub::new(16);
     store.append_at(&id, json!({"v": 1}), T0).await.unwrap();
     let ctx = Ctx {
@@ -350,24 +339,7 @@ async fn since_counts_events_in_its_millisecond_appended_after_the_stream_opened
 #[tokio::test(start_paused = true)]
 async fn the_current_error_comes_with_the_first_chunk() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let id = ResourceId::new("r").unwrap();
-    store
-        .create(
-            ResourceSpec {
-                id: id.clone(),
-                url: "http://127.0.0.1:1/".into(),
-                interval: Duration::from_secs(1),
-                headers: Default::default(),
-                snapshot_every: 3,
-                retain: None,
-                ad_hoc: false,
-                push: false,
-            },
-            0,
-        )
-        .await
-        .unwrap();
+    let (store, id) = store_with_resource(dir.path()).await;
     let hub = Hub::new(16);
     let err = UpstreamError {
         code: "upstream_status".into(),
