@@ -132,9 +132,13 @@ fn run(prev: &Value, next: &Value, mut budget: Budget<'_>) -> Diffed {
     }
 }
 
-/// Applies `patch` to `doc`. On error `doc` is left unchanged.
+/// Applies `patch` to `doc`. On error `doc` is left unchanged: the patch
+/// is applied to a copy, not undone (json-patch 5.0.0's own undo panics
+/// on some patches that fail, e.g. a `copy` then a `move` below itself).
 pub fn apply(doc: &mut Value, patch: &[PatchOperation]) -> Result<(), ApplyError> {
-    json_patch::patch(doc, patch)?;
+    let mut out = doc.clone();
+    json_patch::patch_unsafe(&mut out, patch)?;
+    *doc = out;
     Ok(())
 }
 
