@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use common::{
     client, eventually, metric, parse_reply, raw, read_one, read_to_close, send, shown,
     stream_client, Frame, InProcess as Server, RawSse, Reply, Server as Binary, Sse, Upstream,
-    BIG_BLOB, CLIENT_TIMEOUT,
+    BIG_BLOB, CLIENT_TIMEOUT, UNKNOWN_PATHS, WRONG_METHODS,
 };
 
 /// The upstream of these tests: `/doc` serves one small document.
@@ -291,34 +291,12 @@ async fn slow_request_bodies_time_out_with_a_json_408() {
 #[tokio::test]
 async fn unknown_paths_are_404_and_wrong_methods_405_json() {
     let (s, _up, c) = server_with_resource().await;
-    for path in [
-        "/",
-        "/nope",
-        "/v1",
-        "/v1/",
-        "/v1/nope",
-        "/v2/resources",
-        "/v1/resources/r/nope",
-        "/v1/resources/r/events/extra",
-        "/healthz/",
-        "/v1/resources/",
-    ] {
+    for path in UNKNOWN_PATHS {
         let reply = send(c.get(s.url(path))).await;
         assert_eq!(reply.status, 404, "GET {path}");
         reply.error_code(404, "not_found");
     }
-    for (method, path) in [
-        ("POST", "/healthz"),
-        ("DELETE", "/metrics"),
-        ("PUT", "/v1/resources"),
-        ("DELETE", "/v1/resources"),
-        ("PATCH", "/v1/resources/r"),
-        ("PUT", "/v1/resources/r"),
-        ("POST", "/v1/resources/r"),
-        ("POST", "/v1/resources/r/events"),
-        ("DELETE", "/v1/resources/r/document"),
-        ("PUT", "/v1/resources/r/history"),
-    ] {
+    for (method, path) in WRONG_METHODS {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let reply = send(c.request(m, s.url(path)).body("{}")).await;
         assert_eq!(reply.status, 405, "{method} {path}");

@@ -18,7 +18,7 @@ use axum::Router;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::events::{resume, ResumeQuery};
+use super::events::{resume, stream_response, ResumeQuery};
 use super::{ApiError, AppState, Known, Q};
 use crate::feed::{Feed, Message};
 use crate::model::ResourceId;
@@ -186,13 +186,5 @@ fn ndjson(feed: Feed) -> Response {
         }
         Some((Ok::<Bytes, std::convert::Infallible>(out.freeze()), feed))
     });
-    let mut resp = Response::new(Body::from_stream(body));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    resp
+    stream_response(Body::from_stream(body), "application/x-ndjson")
 }

@@ -92,14 +92,16 @@ pub(crate) fn sse_response(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let body = sse::stream(feed, flavor, RETRY_MS, state.service.metrics().clone());
-    let mut resp = Response::new(Body::from_stream(body));
+    stream_response(Body::from_stream(body), "text/event-stream")
+}
+
+/// A streaming response (SSE, NDJSON): its content type, no caching, and
+/// no buffering by proxies (nginx), so every message goes through at once.
+pub(crate) fn stream_response(body: Body, content_type: &'static str) -> Response {
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    // Tell buffering proxies (nginx) to pass events through at once.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
 }

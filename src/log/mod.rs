@@ -828,7 +828,7 @@ impl Store {
         check_depth(&doc)?;
         let heavy = diff::nodes_at_least(&doc, crate::cpu::INLINE_NODES);
         match self
-            .append_step(id, None, heavy, Box::new(move |_| Ok(doc)), now_ms)
+            .append_edit(id, None, heavy, Box::new(move |_| Ok(doc)), now_ms)
             .await?
         {
             Edited::Appended(e, prev) => Ok(Some((e, prev))),
@@ -847,22 +847,12 @@ impl Store {
     /// too deep to store, stores nothing. Durable before return. `heavy`:
     /// the caller knows the new document is large, so the edit and the diff
     /// go to the blocking pool even if the head is small.
-    pub async fn append_edit(
-        &self,
-        id: &ResourceId,
-        expected: Option<EventId>,
-        heavy: bool,
-        edit: Edit,
-        now_ms: u64,
-    ) -> Result<Edited, StoreError> {
-        self.append_step(id, expected, heavy, edit, now_ms).await
-    }
-
+    ///
     /// The one append path: under the append lock, checks `expected`
     /// against the head, runs `edit` on it, checks the depth, diffs and
     /// encodes (on the blocking pool when the documents are large or
     /// `heavy`), then commits.
-    async fn append_step(
+    pub async fn append_edit(
         &self,
         id: &ResourceId,
         expected: Option<EventId>,

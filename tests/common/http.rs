@@ -265,3 +265,33 @@ pub async fn read_one(s: &mut TcpStream) -> Reply {
     .await
     .expect("response in time")
 }
+
+/// Paths no route serves: each must be a JSON 404 `not_found` (shared by
+/// the socket and in-process API tests).
+pub const UNKNOWN_PATHS: [&str; 10] = [
+    "/",
+    "/nope",
+    "/v1",
+    "/v1/",
+    "/v1/nope",
+    "/v2/resources",
+    "/v1/resources/r/nope",
+    "/v1/resources/r/events/extra",
+    "/healthz/",
+    "/v1/resources/",
+];
+
+/// Routes with a method they do not take: each must be a JSON 405
+/// `method_not_allowed` with `Allow`.
+pub const WRONG_METHODS: [(&str, &str); 10] = [
+    ("POST", "/healthz"),
+    ("DELETE", "/metrics"),
+    ("PUT", "/v1/resources"),
+    ("DELETE", "/v1/resources"),
+    ("PATCH", "/v1/resources/r"),
+    ("PUT", "/v1/resources/r"),
+    ("POST", "/v1/resources/r"),
+    ("POST", "/v1/resources/r/events"),
+    ("DELETE", "/v1/resources/r/document"),
+    ("PUT", "/v1/resources/r/history"),
+];
