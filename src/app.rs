@@ -279,6 +279,8 @@ pub async fn start(
     let addr = listener.local_addr().context("reading the bound address")?;
     announce(addr);
     tracing::info!(%addr, resources = core.store.resources().len(), "serving");
+    let console = if demo { "/ui/resources/demo" } else { "/ui" };
+    tracing::info!("web console: http://{addr}{console}");
 
     let task = tokio::spawn(accept_loop(Serving {
         listener,

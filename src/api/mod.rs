@@ -4,6 +4,7 @@
 
 mod auth;
 mod changes;
+mod console;
 mod documents;
 pub(crate) mod error;
 mod events;
@@ -62,6 +63,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .merge(ws::router())
         .merge(streamdata::router())
         .merge(openapi::router())
+        .merge(console::router())
         // The general body limit on the routes above only: pushed documents
         // are bounded by the upstream body limit, in `ingest` itself.
         .layer(RequestBodyLimitLayer::new(limits.max_request_body))

@@ -176,6 +176,8 @@ fn view(info: &ResourceInfo) -> Value {
         "interval_ms": u64::try_from(spec.interval.as_millis()).unwrap_or(u64::MAX),
         "created": format_rfc3339_ms(info.record.created_ms),
         "last_event_id": info.log.last_event_id.map(|e| e.to_string()),
+        "last_event_time": info.log.last_event_id.map(|e| e.time_rfc3339()),
+        "retained_events": info.log.events,
         "last_polled": info.poll.last_polled_ms.map(format_rfc3339_ms),
         "last_error": last_error,
         "horizon": info.log.horizon.map(|e| e.to_string()),

@@ -250,6 +250,8 @@ pub struct LogStatus {
     pub horizon: Option<EventId>,
     /// Whether compaction ever removed history.
     pub compacted: bool,
+    /// Events retained: from the horizon to the newest, both included.
+    pub events: u64,
 }
 
 /// The change log. Cheap to clone; all clones share one database.
@@ -327,6 +329,8 @@ struct State {
     since_snapshot: u32,
     horizon: Option<EventId>,
     compacted: bool,
+    /// Events from the horizon to the head, both included.
+    events: u64,
 }
 
 /// Most keys removed per sled batch while compacting or purging, so that no
@@ -777,6 +781,7 @@ impl Store {
             last_event_id: s.head.as_ref().map(|h| h.id),
             horizon: s.horizon,
             compacted: s.compacted,
+            events: s.events,
         })
     }
 
@@ -971,6 +976,7 @@ impl Store {
             });
             s.since_snapshot = if snapshot { 0 } else { s.since_snapshot + 1 };
             s.horizon.get_or_insert(event_id);
+            s.events += 1;
             Ok(())
         });
         commit
@@ -1259,10 +1265,20 @@ impl Store {
             &new_horizon.to_bytes()[..],
         )?;
         self.flush().await?;
+        // Events in [old horizon, new horizon) stop being retained; only
+        // appends above the head run meanwhile, so the count is exact.
+        let dropped = self
+            .inner
+            .tree
+            .range(lo..keys::entry(keys::EVENT, entry.rkey, new_horizon.0))
+            .count();
         {
             let mut st = write(&entry.state);
             st.horizon = Some(new_horizon);
             st.compacted = true;
+            st.events = st
+                .events
+                .saturating_sub(u64::try_from(dropped).unwrap_or(u64::MAX));
         }
         // Readers now refuse points below the new horizon, so the old keys
         // can go, each family's entry keys before their chunks. A crash
@@ -1496,6 +1512,13 @@ fn load_state(tree: &sled::Tree, rkey: u64, id: &ResourceId) -> Result<State, St
             .count(),
         _ => 0,
     };
+    // Keys only up to here would do, but sled reads whole pages anyway:
+    // one pass over the retained events at open, none afterwards.
+    let events = tree
+        .range(
+            keys::entry(keys::EVENT, rkey, horizon.0)..=keys::entry(keys::EVENT, rkey, last_id.0),
+        )
+        .count();
     let json = Bytes::from(serde_json::to_vec(&doc).expect("document serializes"));
     Ok(State {
         head: Some(Head {
@@ -1507,5 +1530,6 @@ fn load_state(tree: &sled::Tree, rkey: u64, id: &ResourceId) -> Result<State, St
         since_snapshot: u32::try_from(since_snapshot).unwrap_or(u32::MAX),
         horizon: Some(horizon),
         compacted,
+        events: u64::try_from(events).unwrap_or(u64::MAX),
     })
 }

@@ -265,6 +265,7 @@ proptest! {
             prop_assert_eq!(st.last_event_id, m.versions.last().map(|v| v.0));
             prop_assert_eq!(st.horizon, m.versions.get(m.horizon).map(|v| v.0));
             prop_assert_eq!(st.compacted, m.compacted);
+            prop_assert_eq!(st.events, (m.versions.len() - m.horizon.min(m.versions.len())) as u64);
             if let Some((_, last)) = m.versions.last() {
                 prop_assert_eq!(&*store.head(&id).unwrap().unwrap().doc, last);
             }

@@ -268,7 +268,7 @@ pub async fn read_one(s: &mut TcpStream) -> Reply {
 
 /// Paths no route serves: each must be a JSON 404 `not_found` (shared by
 /// the socket and in-process API tests).
-pub const UNKNOWN_PATHS: [&str; 10] = [
+pub const UNKNOWN_PATHS: [&str; 12] = [
     "/",
     "/nope",
     "/v1",
@@ -279,11 +279,13 @@ pub const UNKNOWN_PATHS: [&str; 10] = [
     "/v1/resources/r/events/extra",
     "/healthz/",
     "/v1/resources/",
+    "/ui/nope",
+    "/ui/assets/nope.js",
 ];
 
 /// Routes with a method they do not take: each must be a JSON 405
 /// `method_not_allowed` with `Allow`.
-pub const WRONG_METHODS: [(&str, &str); 10] = [
+pub const WRONG_METHODS: [(&str, &str); 12] = [
     ("POST", "/healthz"),
     ("DELETE", "/metrics"),
     ("PUT", "/v1/resources"),
@@ -294,4 +296,6 @@ pub const WRONG_METHODS: [(&str, &str); 10] = [
     ("POST", "/v1/resources/r/events"),
     ("DELETE", "/v1/resources/r/document"),
     ("PUT", "/v1/resources/r/history"),
+    ("POST", "/ui"),
+    ("DELETE", "/ui/resources/r"),
 ];

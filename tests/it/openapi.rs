@@ -214,7 +214,10 @@ async fn every_documented_operation_is_served_and_answers_a_documented_status() 
     ops.sort_by_key(|(_, m)| m == "delete");
     for (path, method) in ops {
         let op = &api["paths"][&path][&method];
-        let target = path.replace("{id}", "r").replace("{upstream}", &up.url());
+        let target = path
+            .replace("{id}", "r")
+            .replace("{upstream}", &up.url())
+            .replace("{name}", "console.js");
         let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
         let mut req = c.request(m, format!("{}{target}", s.base));
         if let Some(body) = body_for(op, &up) {
