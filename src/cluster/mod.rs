@@ -60,8 +60,10 @@ use layout::{Kind, Layout};
 /// Deadline of one request to NATS (a read, a publish's ack, a purge).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts of one request before it fails: NATS answers "no responders"
-/// or times out while a stream elects a new leader (a node died).
-const ATTEMPTS: u32 = 7;
+/// or times out while a stream elects a new leader (a node died). With
+/// the back-off that is about 17 s of waiting, which covers the election
+/// after the stream leader (and the meta leader) is killed on loopback.
+const ATTEMPTS: u32 = 12;
 /// Longest pause between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Deadline of connecting and setting up streams at open (the cluster may
@@ -356,7 +358,7 @@ impl ClusterStore {
                 continue;
             }
             let id = record.spec.id.clone();
-            let entry = match self.load_state(rkey).await {
+            let entry = match self.load_state(rkey, true).await {
                 Ok(state) => Entry::new(rkey, record, state),
                 Err(e) if is_resource_local(&e) => {
                     let q = Quarantine {
@@ -705,13 +707,17 @@ impl ClusterStore {
     /// snapshot whose event never landed (a crash between the two
     /// publishes) is removed first, so ids stay increasing along the
     /// snapshot subject.
-    async fn load_state(&self, rkey: u64) -> Result<State, StoreError> {
+    ///
+    /// `cleanup`: at open only. A refresh after a refused append must not
+    /// remove the last snapshot: it may be another writer's whose event is
+    /// on its way.
+    async fn load_state(&self, rkey: u64, cleanup: bool) -> Result<State, StoreError> {
         let l = &self.inner.layout;
         let (esub, ssub) = (
             l.subject(rkey, Kind::Event),
             l.subject(rkey, Kind::Snapshot),
         );
-        if let Some(snap) = self.last(&ssub).await? {
+        if let Some(snap) = self.last(&ssub).await?.filter(|_| cleanup) {
             if self.snapshot_event(rkey, &snap.meta).await?.is_none() {
                 let log = &self.inner.log;
                 retry("removing an orphan snapshot", || async {
@@ -1206,6 +1212,16 @@ impl ClusterStore {
                         if store.inner.log.delete_message(seq).await.is_ok() {
                             write(&entry.state).snap_seq = state.snap_seq;
                         }
+                    }
+                    // Fenced (another writer appended), or a failure after
+                    // which the event may have landed unacknowledged: the
+                    // cached head may be stale. Read it back from the log
+                    // (best effort), so the next append follows what is
+                    // stored instead of being refused forever.
+                    if let Ok(fresh) = store.load_state(entry.rkey, false).await {
+                        let mut s = write(&entry.state);
+                        let allocated = s.allocated.max(fresh.allocated);
+                        *s = State { allocated, ..fresh };
                     }
                     return Err(e);
                 }

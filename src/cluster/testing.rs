@@ -163,6 +163,15 @@ impl NatsCluster {
     /// Waits until a JetStream account request succeeds on every live node
     /// (the meta leader is elected), at most [`FORM_TIMEOUT`].
     fn wait_ready(&self) {
+        // On a thread of its own: callers may be inside a runtime.
+        std::thread::scope(|s| {
+            s.spawn(|| self.wait_ready_here())
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        });
+    }
+
+    fn wait_ready_here(&self) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
