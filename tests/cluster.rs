@@ -231,3 +231,84 @@ async fn issue_14_killing_a_nats_node_mid_appends_loses_nothing_acknowledged() {
         }
     }
 }
+
+/// The real binary with `[cluster]`: the log lives in NATS (no data dir is
+/// created), a pushed document is served, and after a SIGKILL and a
+/// restart the same version is served from the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_14_the_server_with_a_cluster_table_keeps_its_log_in_nats() {
+    let cluster = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("never-created");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+    let config = dir.path().join("patchfeed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = {:?}\n\n[cluster]\nnats = [{}]\nreplicas = 3\nprefix = {:?}\n\n[[resource]]\nid = \"p\"\npush = true\n",
+            data_dir.display().to_string(),
+            urls.join(", "),
+            unique_prefix("server"),
+        ),
+    )
+    .unwrap();
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_patchfeed"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = |http: reqwest::Client, base: String| async move {
+        for _ in 0..300 {
+            if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the server did not come up within 30 s");
+    };
+
+    let mut server = start();
+    ready(http.clone(), base.clone()).await;
+    let doc = json!({"hello": "cluster", "list": [1, 2, 3]});
+    let r = http
+        .put(format!("{base}/v1/resources/p/document"))
+        .json(&doc)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let put: Value = r.json().await.unwrap();
+    let event_id = put["event_id"].as_str().unwrap().to_owned();
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+
+    let mut server = start();
+    ready(http.clone(), base.clone()).await;
+    let r = http
+        .get(format!("{base}/v1/resources/p/document"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["patchfeed-event-id"].to_str().unwrap(),
+        event_id
+    );
+    assert_eq!(r.json::<Value>().await.unwrap(), doc);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(!data_dir.exists(), "sled was not opened");
+}
