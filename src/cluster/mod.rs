@@ -238,17 +238,22 @@ fn corrupt(subject: &str, seq: u64, why: impl std::fmt::Display) -> StoreError {
 impl ClusterStore {
     /// See [`open`].
     pub async fn open(cfg: &ClusterConfig) -> Result<ClusterStore, StoreError> {
-        tokio::time::timeout(OPEN_TIMEOUT, Self::open_inner(cfg))
+        // Connecting and setting up are bounded as a whole; loading then
+        // takes a time that grows with the resources, every request of it
+        // bounded by its own deadline and retries.
+        let mut store = tokio::time::timeout(OPEN_TIMEOUT, Self::connect(cfg))
             .await
             .map_err(|_| {
                 StoreError::Cluster(format!(
                     "could not connect to NATS at {:?} and set up JetStream within {OPEN_TIMEOUT:?}",
                     cfg.nats
                 ))
-            })?
+            })??;
+        store.load().await?;
+        Ok(store)
     }
 
-    async fn open_inner(cfg: &ClusterConfig) -> Result<ClusterStore, StoreError> {
+    async fn connect(cfg: &ClusterConfig) -> Result<ClusterStore, StoreError> {
         let layout = Layout::new(&cfg.prefix);
         let client = async_nats::ConnectOptions::new()
             .name(format!("patchfeed {}", cfg.node))
@@ -298,7 +303,7 @@ impl ClusterStore {
                 }
             }
         };
-        let mut store = ClusterStore {
+        Ok(ClusterStore {
             inner: Arc::new(Inner {
                 client,
                 js,
@@ -314,9 +319,7 @@ impl ClusterStore {
                 unattributed: Vec::new(),
                 value_max: std::sync::atomic::AtomicUsize::new(codec::INLINE_MAX),
             }),
-        };
-        store.load().await?;
-        Ok(store)
+        })
     }
 
     /// Reads every resource record and each resource's bounds and head;
