@@ -146,10 +146,19 @@ pub async fn assemble(
     ingest: tokio::runtime::Handle,
 ) -> anyhow::Result<Core> {
     let limits = &config.limits;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let store = crate::store::open_sled(&config.data_dir)
-        .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;
+    // `[cluster]` puts the log on NATS JetStream; without it, sled (and
+    // nothing of NATS is touched).
+    let store = match &config.cluster {
+        Some(cluster) => crate::store::open_cluster(cluster)
+            .await
+            .with_context(|| format!("opening the cluster log on {:?}", cluster.nats))?,
+        None => {
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+            crate::store::open_sled(&config.data_dir)
+                .with_context(|| format!("opening data dir {}", config.data_dir.display()))?
+        }
+    };
     let metrics = Arc::new(Metrics::default());
     let hub = Arc::new(Hub::new(limits.live_buffer));
     let registry = Registry::new(registry::Parts {

@@ -100,6 +100,60 @@ impl Default for ProxyConfig {
     }
 }
 
+/// `[cluster]`: the change log on a NATS JetStream cluster instead of the
+/// embedded sled store (`crate::cluster`). Absent: sled, and nothing of
+/// NATS is touched.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterConfig {
+    /// The NATS servers to connect to (`nats://host:port`), at least one,
+    /// at most [`ClusterConfig::MAX_SERVERS`]; the client fails over among
+    /// them.
+    pub nats: Vec<String>,
+    /// JetStream replicas of every stream and bucket, 1 to 5. Default 3.
+    /// An append is acknowledged once a quorum of them stored it.
+    pub replicas: usize,
+    /// This node's name. Default: the host name and the pid. Not used yet
+    /// (the next stage's leases name their holder with it).
+    pub node: String,
+    /// How long a poller's lease lasts without renewal, 1 s to 5 min.
+    /// Default 10 s. Not used yet (the next stage's leases).
+    pub lease: Duration,
+    /// Prefix of every stream, bucket and subject name, so that several
+    /// deployments (or tests) share one NATS cluster; ASCII letters, digits,
+    /// `_` and `-`, at most 32. Default `patchfeed`.
+    pub prefix: String,
+}
+
+impl ClusterConfig {
+    /// Most entries of `nats`.
+    pub const MAX_SERVERS: usize = 64;
+    /// Default `replicas`.
+    pub const DEFAULT_REPLICAS: usize = 3;
+    /// Default `lease`.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+    /// Default `prefix`.
+    pub const DEFAULT_PREFIX: &'static str = "patchfeed";
+
+    /// The default node name: host name and pid.
+    pub fn default_node() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "node".into());
+        format!("{host}-{}", std::process::id())
+    }
+
+    /// Whether `p` is a usable prefix (see [`ClusterConfig::prefix`]).
+    pub fn valid_prefix(p: &str) -> bool {
+        !p.is_empty()
+            && p.len() <= 32
+            && p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    }
+}
+
 /// The whole configuration file, validated; [`Config::default`] is an
 /// empty file.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,6 +177,8 @@ pub struct Config {
     pub limits: Limits,
     /// `[proxy]`.
     pub proxy: ProxyConfig,
+    /// `[cluster]`: `Some` puts the change log on NATS JetStream.
+    pub cluster: Option<ClusterConfig>,
     /// The `[[resource]]` tables in file order, each through
     /// [`ResourceSpec::validate`]; ids are unique.
     pub resources: Vec<ResourceSpec>,
@@ -138,6 +194,7 @@ impl Default for Config {
             read_token: None,
             limits: Limits::default(),
             proxy: ProxyConfig::default(),
+            cluster: None,
             resources: Vec::new(),
         }
     }
@@ -187,6 +244,7 @@ struct RawConfig {
     read_token: Option<String>,
     limits: Option<RawLimits>,
     proxy: Option<RawProxy>,
+    cluster: Option<RawCluster>,
     #[serde(default, rename = "resource")]
     resources: Vec<RawResource>,
 }
@@ -213,6 +271,83 @@ struct RawProxy {
     idle: Option<String>,
     allowed_hosts: Option<Vec<String>>,
     max_resources: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    nats: Vec<String>,
+    replicas: Option<usize>,
+    node: Option<String>,
+    lease: Option<String>,
+    prefix: Option<String>,
+}
+
+/// Validates `[cluster]`; every error names its key.
+fn cluster(r: RawCluster) -> Result<ClusterConfig, ConfigError> {
+    if r.nats.is_empty() {
+        return Err(invalid("cluster.nats", "needs at least one server URL"));
+    }
+    if r.nats.len() > ClusterConfig::MAX_SERVERS {
+        return Err(invalid(
+            "cluster.nats",
+            format!("at most {} servers", ClusterConfig::MAX_SERVERS),
+        ));
+    }
+    for (i, u) in r.nats.iter().enumerate() {
+        let ok = url::Url::parse(u).ok().is_some_and(|p| {
+            matches!(p.scheme(), "nats" | "tls") && p.host_str().is_some_and(|h| !h.is_empty())
+        });
+        if !ok {
+            return Err(invalid(
+                format!("cluster.nats[{i}]"),
+                format!("{u:?} is not a URL like nats://127.0.0.1:4222"),
+            ));
+        }
+    }
+    let replicas = r.replicas.unwrap_or(ClusterConfig::DEFAULT_REPLICAS);
+    if !(1..=5).contains(&replicas) {
+        return Err(invalid(
+            "cluster.replicas",
+            "must be 1 to 5 (JetStream's range)",
+        ));
+    }
+    let node = match r.node {
+        None => ClusterConfig::default_node(),
+        Some(n) if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(invalid(
+                "cluster.node",
+                "must be 1 to 64 printable ASCII characters without spaces",
+            ))
+        }
+        Some(n) => n,
+    };
+    let lease = match r.lease {
+        None => ClusterConfig::DEFAULT_LEASE,
+        Some(s) => {
+            let d = parse_duration(&s).map_err(|m| invalid("cluster.lease", m))?;
+            if d < Duration::from_secs(1) || d > Duration::from_secs(300) {
+                return Err(invalid("cluster.lease", "must be 1s to 5m"));
+            }
+            d
+        }
+    };
+    let prefix = r
+        .prefix
+        .unwrap_or_else(|| ClusterConfig::DEFAULT_PREFIX.to_owned());
+    if !ClusterConfig::valid_prefix(&prefix) {
+        return Err(invalid(
+            "cluster.prefix",
+            "1 to 32 ASCII letters, digits, `_` or `-`",
+        ));
+    }
+    Ok(ClusterConfig {
+        nats: r.nats,
+        replicas,
+        node,
+        lease,
+        prefix,
+    })
 }
 
 #[derive(Deserialize)]
@@ -346,6 +481,8 @@ impl Config {
                 None => pd.max_resources,
             },
         };
+
+        c.cluster = raw.cluster.map(cluster).transpose()?;
 
         let mut seen = HashSet::new();
         for (i, r) in raw.resources.into_iter().enumerate() {
@@ -527,5 +664,92 @@ mod tests {
             assert!(e.starts_with("resource[0].url: "), "{e}");
             assert!(!e.contains("hunter2") && e.contains("***"), "{e}");
         }
+    }
+
+    #[test]
+    fn issue_14_cluster_table_parses_with_defaults() {
+        let c = Config::parse(
+            r#"
+            [cluster]
+            nats = ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223", "nats://127.0.0.1:4224"]
+            "#,
+        )
+        .unwrap();
+        let k = c.cluster.unwrap();
+        assert_eq!(k.nats.len(), 3);
+        assert_eq!(k.replicas, 3);
+        assert_eq!(k.lease, Duration::from_secs(10));
+        assert_eq!(k.prefix, "patchfeed");
+        assert!(k.node.ends_with(&format!("-{}", std::process::id())));
+        assert!(Config::parse("").unwrap().cluster.is_none());
+
+        let c = Config::parse(
+            "[cluster]\nnats = [\"nats://n1:4222\"]\nreplicas = 1\nnode = \"a\"\nlease = \"30s\"\nprefix = \"pf_test-1\"\n",
+        )
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            (c.replicas, c.node.as_str(), c.lease, c.prefix.as_str()),
+            (1, "a", Duration::from_secs(30), "pf_test-1")
+        );
+    }
+
+    #[test]
+    fn issue_14_cluster_errors_name_the_key() {
+        for (text, key) in [
+            ("[cluster]\nnats = []", "cluster.nats"),
+            ("[cluster]\nnats = [\"http://x:1\"]", "cluster.nats[0]"),
+            (
+                "[cluster]\nnats = [\"nats://a:1\", \"nope\"]",
+                "cluster.nats[1]",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nreplicas = 0",
+                "cluster.replicas",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nreplicas = 6",
+                "cluster.replicas",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nnode = \"\"",
+                "cluster.node",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nnode = \"a b\"",
+                "cluster.node",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nlease = \"100ms\"",
+                "cluster.lease",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nlease = \"1h\"",
+                "cluster.lease",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nlease = \"soon\"",
+                "cluster.lease",
+            ),
+            (
+                "[cluster]\nnats = [\"nats://a:1\"]\nprefix = \"a.b\"",
+                "cluster.prefix",
+            ),
+        ] {
+            match Config::parse(text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // Unknown keys and a missing `nats` are TOML errors.
+        assert!(matches!(
+            Config::parse("[cluster]\nnats = [\"nats://a:1\"]\nreplica = 3"),
+            Err(ConfigError::Toml(_))
+        ));
+        assert!(matches!(
+            Config::parse("[cluster]\nreplicas = 3"),
+            Err(ConfigError::Toml(_))
+        ));
     }
 }

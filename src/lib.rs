@@ -5,7 +5,9 @@
 //! Code map (details in `docs/ARCHITECTURE.md`):
 //! - [`model`], [`diff`]: pure domain types and the RFC 6902 diff.
 //! - [`store`]: the `Storage` trait every layer above the log talks to;
-//!   [`log`]: its sled backend, the only code that names sled.
+//!   [`log`]: its sled backend, the only code that names sled;
+//!   [`cluster`]: its NATS JetStream backend (`[cluster]`), the only code
+//!   that names NATS.
 //! - `poll`: fetch, guard, back-off, one poller per resource; `cpu`: where
 //!   heavy parses and diffs run.
 //! - `hub` → `feed` → `transport`: live fan-out, one subscriber's gap-free
@@ -18,6 +20,7 @@
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 mod cpu;
 mod demo;

@@ -11,22 +11,80 @@
 //! - the next child continues the chain from the stored head.
 //!
 //! Child and parent use the log only through the `Storage` trait
-//! (`store::Store`), so another backend runs the same test by opening
-//! itself where `open_sled` is called.
+//! (`store::Store`); the test runs against sled, then against the
+//! JetStream backend on a real 3-node NATS cluster (replicas 3) that it
+//! starts on loopback and stops by pid (`cluster::testing`).
 //!
-//! Bounded: `PATCHFEED_CRASH_ROUNDS` kills (default 30), each after
-//! 50–400 ms of appending.
+//! Bounded: `PATCHFEED_CRASH_ROUNDS` kills for sled (default 30) and
+//! `PATCHFEED_CRASH_CLUSTER_ROUNDS` for the cluster (default 8), each
+//! after 50–400 ms of appending.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use patchfeed::cluster::testing::{unique_prefix, NatsCluster};
+use patchfeed::config::ClusterConfig;
 use patchfeed::model::{EventId, Point, ResourceId, ResourceSpec};
-use patchfeed::store::{open_sled, At, ReadAfter, Store};
+use patchfeed::store::{open_cluster, open_sled, At, ReadAfter, Store};
 use serde_json::{json, Value};
 use ulid::Ulid;
 
 const CHILD_ENV: &str = "PATCHFEED_CRASH_CHILD";
+/// Set for a child of the cluster run: the NATS URLs, comma-separated,
+/// and the prefix of its streams (`CHILD_ENV` is then the prefix).
+const NATS_ENV: &str = "PATCHFEED_CRASH_NATS";
+
+/// Where the log under test lives.
+#[derive(Clone)]
+enum Backend {
+    Sled(std::path::PathBuf),
+    Cluster(ClusterConfig),
+}
+
+impl Backend {
+    /// The backend a child was started for.
+    fn from_env(arg: &str) -> Backend {
+        match std::env::var(NATS_ENV) {
+            Ok(urls) => Backend::Cluster(ClusterConfig {
+                nats: urls.split(',').map(str::to_owned).collect(),
+                replicas: 3,
+                node: "crash".into(),
+                lease: ClusterConfig::DEFAULT_LEASE,
+                prefix: arg.to_owned(),
+            }),
+            Err(_) => Backend::Sled(arg.into()),
+        }
+    }
+
+    async fn open(&self) -> Store {
+        match self {
+            Backend::Sled(dir) => open_sled(dir).unwrap(),
+            Backend::Cluster(cfg) => open_cluster(cfg).await.unwrap(),
+        }
+    }
+
+    fn child_command(&self, exe: &std::path::Path) -> Command {
+        let mut c = Command::new(exe);
+        match self {
+            Backend::Sled(dir) => {
+                c.env(CHILD_ENV, dir);
+            }
+            Backend::Cluster(cfg) => {
+                c.env(CHILD_ENV, &cfg.prefix)
+                    .env(NATS_ENV, cfg.nats.join(","));
+            }
+        }
+        c
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sled(_) => "sled",
+            Backend::Cluster(_) => "cluster",
+        }
+    }
+}
 const RESOURCES: usize = 4;
 /// Appends per child, at most (it is killed long before).
 const MAX_APPENDS: u64 = 1_000_000;
@@ -70,10 +128,10 @@ fn spec(r: usize) -> ResourceSpec {
     }
 }
 
-fn child(dir: &str) {
+fn child(backend: Backend) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let store: Store = open_sled(std::path::Path::new(dir)).unwrap();
+        let store: Store = backend.open().await;
         let mut tasks = Vec::new();
         for r in 0..RESOURCES {
             store
@@ -122,25 +180,21 @@ fn parse(line: &str) -> Option<Reported> {
 }
 
 /// Checks the whole store; returns each resource's head (id, seq).
-fn verify(
-    dir: &std::path::Path,
-    reported: &[Reported],
-    round: usize,
-) -> Vec<Option<(EventId, u64)>> {
+fn verify(backend: &Backend, reported: &[Reported], round: usize) -> Vec<Option<(EventId, u64)>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(verify_store(dir, reported, round))
+    rt.block_on(verify_store(backend, reported, round))
 }
 
 /// [`verify`] through the `Storage` trait, as every backend is read.
 async fn verify_store(
-    dir: &std::path::Path,
+    backend: &Backend,
     reported: &[Reported],
     round: usize,
 ) -> Vec<Option<(EventId, u64)>> {
-    let store: Store = open_sled(dir).unwrap();
+    let store: Store = backend.open().await;
     for rep in reported {
         let id = rid(rep.r);
         assert!(
@@ -240,18 +294,34 @@ async fn verify_store(
     heads
 }
 
-fn parent() {
-    let rounds: usize = std::env::var("PATCHFEED_CRASH_ROUNDS")
+fn rounds(var: &str, default: usize) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(default)
+}
+
+fn parent() {
     let dir = tempfile::tempdir().unwrap();
+    run(
+        &Backend::Sled(dir.path().to_owned()),
+        rounds("PATCHFEED_CRASH_ROUNDS", 30),
+    );
+    let cluster = NatsCluster::start(3);
+    run(
+        &Backend::Cluster(cluster.config(&unique_prefix("crash"), 3)),
+        rounds("PATCHFEED_CRASH_CLUSTER_ROUNDS", 8),
+    );
+    drop(cluster);
+}
+
+fn run(backend: &Backend, rounds: usize) {
     let exe = std::env::current_exe().unwrap();
     let mut prev_heads: Vec<Option<(EventId, u64)>> = vec![None; RESOURCES];
     let (mut total_reported, mut total_stored) = (0usize, 0u64);
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .env(CHILD_ENV, dir.path())
+        let mut child = backend
+            .child_command(&exe)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -274,7 +344,7 @@ fn parent() {
         let reported = reader.join().unwrap();
         total_reported += reported.len();
 
-        let heads = verify(dir.path(), &reported, round);
+        let heads = verify(backend, &reported, round);
         // Across the restart: the chain only grew, from where it was.
         for r in 0..RESOURCES {
             if let (Some((prev_id, prev_seq)), Some((id, seq))) = (prev_heads[r], heads[r]) {
@@ -293,14 +363,20 @@ fn parent() {
         total_stored = heads.iter().flatten().map(|(_, s)| s + 1).sum();
         prev_heads = heads;
     }
+    assert!(
+        total_reported > 0,
+        "{}: no child reported an append",
+        backend.name()
+    );
     println!(
-        "crash: {rounds} SIGKILLs, {total_reported} reported-durable appends all found, {total_stored} events in {RESOURCES} gap-free chains"
+        "crash ({}): {rounds} SIGKILLs, {total_reported} reported-durable appends all found, {total_stored} events in {RESOURCES} gap-free chains",
+        backend.name()
     );
 }
 
 fn main() {
     match std::env::var(CHILD_ENV) {
-        Ok(dir) => child(&dir),
+        Ok(arg) => child(Backend::from_env(&arg)),
         Err(_) => parent(),
     }
 }

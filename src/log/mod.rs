@@ -39,11 +39,15 @@ mod ids;
 mod integrity_tests;
 mod keys;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod values;
 
 pub use commit::{StorageHealth, FLUSH_STUCK};
 pub use depth::{check_depth, TooDeep, MAX_DOC_DEPTH};
+// Shared with the JetStream backend (`crate::cluster`): one resource record
+// format, one id allocation, one diff-and-encode step for every backend.
+pub(crate) use codec::{decode_resource, encode_resource};
+pub(crate) use ids::next as next_id;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -112,6 +116,20 @@ pub enum StoreError {
         id: ResourceId,
         /// What could not be read, and why.
         quarantine: Quarantine,
+    },
+    /// The clustered backend (NATS JetStream) failed or timed out, after
+    /// its bounded retries; nothing was acknowledged.
+    #[error("cluster storage error: {0}")]
+    Cluster(String),
+    /// The clustered log refused an append: another writer appended after
+    /// the sequence this one expected to follow (it lost its lease, or
+    /// two writers raced). Nothing was stored.
+    #[error("append to {id} rejected: the log moved past sequence {expected} (another writer appended first)")]
+    Fenced {
+        /// The resource.
+        id: ResourceId,
+        /// The subject sequence the append expected to follow.
+        expected: u64,
     },
 }
 
@@ -379,7 +397,7 @@ fn corrupt(key: &[u8]) -> StoreError {
 
 /// What is shown of a resource whose record cannot be decoded: its id
 /// (from the key) and nothing else.
-fn placeholder_record(id: ResourceId) -> ResourceRecord {
+pub(crate) fn placeholder_record(id: ResourceId) -> ResourceRecord {
     ResourceRecord {
         spec: ResourceSpec {
             id,
@@ -1308,17 +1326,17 @@ impl Store {
 
 /// A new version as an append stores it: its patch from the previous one
 /// and both as JSON text.
-struct Encoded {
-    patch_json: Bytes,
-    doc_json: Bytes,
-    doc: Value,
-    budget_exceeded: bool,
+pub(crate) struct Encoded {
+    pub(crate) patch_json: Bytes,
+    pub(crate) doc_json: Bytes,
+    pub(crate) doc: Value,
+    pub(crate) budget_exceeded: bool,
 }
 
 /// The CPU-heavy part of an append: diffs `doc` against `prev` (the first
 /// version is a patch that adds the whole document at the root) and
 /// serializes the patch and the document. `None` when nothing changed.
-fn encode(prev: Option<&Value>, doc: Value) -> Option<Encoded> {
+pub(crate) fn encode(prev: Option<&Value>, doc: Value) -> Option<Encoded> {
     let (patch, budget_exceeded) = match prev {
         None => (
             json_patch::Patch(vec![json_patch::PatchOperation::Add(

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::*;
 
-fn spec(id: &str, snapshot_every: u32, retain: Option<Duration>) -> ResourceSpec {
+pub(crate) fn spec(id: &str, snapshot_every: u32, retain: Option<Duration>) -> ResourceSpec {
     ResourceSpec {
         id: ResourceId::new(id).unwrap(),
         url: "http://127.0.0.1:1/x".into(),
@@ -58,7 +58,7 @@ fn arb_doc() -> impl Strategy<Value = Value> {
 }
 
 #[derive(Debug, Clone)]
-enum Op {
+pub(crate) enum Op {
     /// Append a document after advancing the clock by `dt` ms (may step back).
     Append {
         doc: Value,
@@ -89,14 +89,14 @@ enum Op {
 
 /// Chunk sizes for the model tests: tiny, so that small documents are
 /// stored chunked; 0 keeps the default (everything small stays inline).
-fn chunk_size(c: usize) -> usize {
+pub(crate) fn chunk_size(c: usize) -> usize {
     match c {
         0 => values::CHUNK_BYTES,
         c => c * 7,
     }
 }
 
-fn arb_op() -> impl Strategy<Value = Op> {
+pub(crate) fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (arb_doc(), -3i64..20).prop_map(|(doc, dt)| Op::Append { doc, dt }),
         2 => (any::<usize>(), 1usize..6).prop_map(|(at, limit)| Op::ReadAfter { at, limit }),
@@ -132,6 +132,244 @@ fn open_backend(dir: &std::path::Path, chunk: usize) -> (crate::store::Store, Ar
     (sled.clone(), sled)
 }
 
+/// The model test's body, for any backend: `open(chunk)` opens (or
+/// reopens) the backend under test, with values over `chunk` bytes stored
+/// in chunks, and returns the sled handle when it is sled (for its chunk
+/// key checks).
+pub(crate) fn check_model(
+    rt: &tokio::runtime::Runtime,
+    ops: Vec<Op>,
+    snapshot_every: u32,
+    first_chunk: usize,
+    open: &mut dyn FnMut(usize) -> (crate::store::Store, Option<Arc<Store>>),
+) -> Result<(), TestCaseError> {
+    let id = ResourceId::new("r").unwrap();
+    const RETAIN_MS: u64 = 30;
+    let (mut store, mut sled) = open(chunk_size(first_chunk));
+    rt.block_on(store.create(
+        spec("r", snapshot_every, Some(Duration::from_millis(RETAIN_MS))),
+        0,
+    ))
+    .unwrap();
+    let mut m = Model::default();
+    let mut clock: i64 = 1_000_000;
+
+    for op in ops {
+        match op {
+            Op::Append { doc, dt } => {
+                clock += dt;
+                let got = rt
+                    .block_on(store.append(&id, doc.clone(), clock as u64))
+                    .unwrap()
+                    .map(|(e, _)| e);
+                match m.versions.last() {
+                    Some((_, last)) if *last == doc => prop_assert!(got.is_none()),
+                    prev => {
+                        let e = got.expect("a change appends an event");
+                        if let Some((pid, pdoc)) = prev {
+                            prop_assert!(e.id > *pid);
+                            let mut d = pdoc.clone();
+                            apply_patch(&mut d, &e.patch);
+                            prop_assert_eq!(&d, &doc);
+                        }
+                        m.versions.push((e.id, doc));
+                    }
+                }
+            }
+            Op::ReadAfter { at, limit } => {
+                if m.versions.is_empty() {
+                    continue;
+                }
+                let i = at % m.versions.len();
+                let p = m.versions[i].0;
+                let got = rt
+                    .block_on(store.read_after(&id, p.0, limit, usize::MAX))
+                    .unwrap();
+                if i < m.horizon {
+                    prop_assert_eq!(
+                        got,
+                        ReadAfter::BeforeHorizon {
+                            horizon: m.versions[m.horizon].0
+                        }
+                    );
+                } else {
+                    let ReadAfter::Events(evs) = got else {
+                        panic!("expected events")
+                    };
+                    let want: Vec<EventId> = m.versions[i + 1..]
+                        .iter()
+                        .take(limit)
+                        .map(|v| v.0)
+                        .collect();
+                    prop_assert_eq!(evs.iter().map(|e| e.id).collect::<Vec<_>>(), want);
+                    let mut d = m.versions[i].1.clone();
+                    for (k, e) in evs.iter().enumerate() {
+                        apply_patch(&mut d, &e.patch);
+                        prop_assert_eq!(&d, &m.versions[i + 1 + k].1);
+                    }
+                }
+            }
+            Op::DocumentAt { at, by_time } => {
+                if m.versions.is_empty() {
+                    prop_assert_eq!(
+                        rt.block_on(store.document_at(&id, Point::Time(u64::MAX >> 16)))
+                            .unwrap(),
+                        At::NotYet
+                    );
+                    continue;
+                }
+                let i = at % m.versions.len();
+                let (point, want_idx) = if by_time {
+                    // As of an instant: the last version whose time ≤ it.
+                    let t = m.versions[i].0.time_ms();
+                    let j = m.versions.iter().rposition(|v| v.0.time_ms() <= t).unwrap();
+                    (Point::Time(t), j)
+                } else {
+                    (Point::Id(m.versions[i].0 .0), i)
+                };
+                let got = rt.block_on(store.document_at(&id, point)).unwrap();
+                if want_idx < m.horizon {
+                    let h = m.versions[m.horizon].0;
+                    prop_assert_eq!(
+                        got,
+                        if m.compacted {
+                            At::Compacted { horizon: h }
+                        } else {
+                            At::NotYet
+                        }
+                    );
+                } else {
+                    let (wid, wdoc) = &m.versions[want_idx];
+                    prop_assert_eq!(
+                        got,
+                        At::Found {
+                            id: *wid,
+                            doc: Arc::new(wdoc.clone())
+                        }
+                    );
+                }
+            }
+            Op::History {
+                after,
+                before,
+                limit,
+            } => {
+                let n = m.versions.len();
+                let after = after.filter(|_| n > 0).map(|a| a % n);
+                let before = before.filter(|_| n > 0).map(|b| b % n);
+                let res = rt
+                    .block_on(store.history(
+                        &id,
+                        after.map(|a| Point::Id(m.versions[a].0 .0)),
+                        before.map(|b| Point::Id(m.versions[b].0 .0)),
+                        limit,
+                    ))
+                    .unwrap();
+                if m.compacted && after.is_some_and(|a| a < m.horizon) {
+                    prop_assert_eq!(
+                        res,
+                        History::Compacted {
+                            horizon: m.versions[m.horizon].0
+                        }
+                    );
+                    continue;
+                }
+                let lo = after.map_or(m.horizon, |a| (a + 1).max(m.horizon));
+                let hi = before.map_or(n, |b| b + 1);
+                let want: Vec<EventId> = if lo < hi {
+                    m.versions[lo..hi].iter().map(|v| v.0).collect()
+                } else {
+                    vec![]
+                };
+                // Follow the cursor to the end.
+                let mut got = Vec::new();
+                let mut res = res;
+                loop {
+                    let History::Events { events, next_after } = res else {
+                        panic!("expected events")
+                    };
+                    prop_assert!(events.len() <= limit);
+                    got.extend(events.iter().map(|e| e.id));
+                    match next_after {
+                        None => break,
+                        Some(c) => {
+                            prop_assert_eq!(Some(c), got.last().copied());
+                            res = rt
+                                .block_on(store.history(
+                                    &id,
+                                    Some(Point::Id(c.0)),
+                                    before.map(|b| Point::Id(m.versions[b].0 .0)),
+                                    limit,
+                                ))
+                                .unwrap();
+                        }
+                    }
+                }
+                prop_assert_eq!(got, want);
+            }
+            Op::Compact { dt } => {
+                clock += dt as i64;
+                let got = rt.block_on(store.compact(&id, clock as u64)).unwrap();
+                let cutoff = (clock as u64).saturating_sub(RETAIN_MS);
+                let cand = m.versions.iter().rposition(|v| v.0.time_ms() <= cutoff);
+                match cand {
+                    Some(j) if j > m.horizon => {
+                        let Compaction::Done { horizon, .. } = got else {
+                            panic!("expected compaction to {j}, got {got:?}")
+                        };
+                        prop_assert_eq!(horizon, m.versions[j].0);
+                        m.horizon = j;
+                        m.compacted = true;
+                    }
+                    _ => prop_assert_eq!(got, Compaction::Nothing),
+                }
+            }
+            Op::Restart { chunk_bytes } => {
+                drop(store);
+                drop(sled);
+                (store, sled) = open(chunk_size(chunk_bytes));
+            }
+        }
+        // Invariants after every op.
+        let st = store.status(&id).unwrap();
+        prop_assert_eq!(st.last_event_id, m.versions.last().map(|v| v.0));
+        prop_assert_eq!(st.horizon, m.versions.get(m.horizon).map(|v| v.0));
+        prop_assert_eq!(st.compacted, m.compacted);
+        prop_assert_eq!(
+            st.events,
+            (m.versions.len() - m.horizon.min(m.versions.len())) as u64
+        );
+        if let Some((_, last)) = m.versions.last() {
+            prop_assert_eq!(&*store.head(&id).unwrap().unwrap().doc, last);
+        }
+    }
+    // Compaction removed the chunks of what it removed: every chunk
+    // left belongs to a retained event or snapshot.
+    let Some(sled) = sled else { return Ok(()) };
+    let rkey = sled.entry(&id).unwrap().rkey;
+    for tag in [keys::EVENT, keys::SNAPSHOT] {
+        for k in sled
+            .inner
+            .tree
+            .scan_prefix(keys::entry_prefix(keys::chunk_tag(tag), rkey))
+            .keys()
+        {
+            let k = k.unwrap();
+            let owner = keys::entry(
+                tag,
+                rkey,
+                keys::entry_id(&k[..keys::ENTRY_KEY_LEN]).unwrap().0,
+            );
+            prop_assert!(
+                sled.inner.tree.contains_key(owner).unwrap(),
+                "chunk {:?} without its entry",
+                k
+            );
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
@@ -143,143 +381,10 @@ proptest! {
     ) {
         let dir = tempfile::tempdir().unwrap();
         let rt = rt();
-        let id = ResourceId::new("r").unwrap();
-        const RETAIN_MS: u64 = 30;
-        let (mut store, mut sled) = open_backend(dir.path(), chunk_size(first_chunk));
-        rt.block_on(store.create(spec("r", snapshot_every, Some(Duration::from_millis(RETAIN_MS))), 0)).unwrap();
-        let mut m = Model::default();
-        let mut clock: i64 = 1_000_000;
-
-        for op in ops {
-            match op {
-                Op::Append { doc, dt } => {
-                    clock += dt;
-                    let got = rt.block_on(store.append(&id, doc.clone(), clock as u64)).unwrap().map(|(e, _)| e);
-                    match m.versions.last() {
-                        Some((_, last)) if *last == doc => prop_assert!(got.is_none()),
-                        prev => {
-                            let e = got.expect("a change appends an event");
-                            if let Some((pid, pdoc)) = prev {
-                                prop_assert!(e.id > *pid);
-                                let mut d = pdoc.clone();
-                                apply_patch(&mut d, &e.patch);
-                                prop_assert_eq!(&d, &doc);
-                            }
-                            m.versions.push((e.id, doc));
-                        }
-                    }
-                }
-                Op::ReadAfter { at, limit } => {
-                    if m.versions.is_empty() { continue; }
-                    let i = at % m.versions.len();
-                    let p = m.versions[i].0;
-                    let got = rt.block_on(store.read_after(&id, p.0, limit, usize::MAX)).unwrap();
-                    if i < m.horizon {
-                        prop_assert_eq!(got, ReadAfter::BeforeHorizon { horizon: m.versions[m.horizon].0 });
-                    } else {
-                        let ReadAfter::Events(evs) = got else { panic!("expected events") };
-                        let want: Vec<EventId> = m.versions[i + 1..].iter().take(limit).map(|v| v.0).collect();
-                        prop_assert_eq!(evs.iter().map(|e| e.id).collect::<Vec<_>>(), want);
-                        let mut d = m.versions[i].1.clone();
-                        for (k, e) in evs.iter().enumerate() {
-                            apply_patch(&mut d, &e.patch);
-                            prop_assert_eq!(&d, &m.versions[i + 1 + k].1);
-                        }
-                    }
-                }
-                Op::DocumentAt { at, by_time } => {
-                    if m.versions.is_empty() {
-                        prop_assert_eq!(rt.block_on(store.document_at(&id, Point::Time(u64::MAX >> 16))).unwrap(), At::NotYet);
-                        continue;
-                    }
-                    let i = at % m.versions.len();
-                    let (point, want_idx) = if by_time {
-                        // As of an instant: the last version whose time ≤ it.
-                        let t = m.versions[i].0.time_ms();
-                        let j = m.versions.iter().rposition(|v| v.0.time_ms() <= t).unwrap();
-                        (Point::Time(t), j)
-                    } else {
-                        (Point::Id(m.versions[i].0 .0), i)
-                    };
-                    let got = rt.block_on(store.document_at(&id, point)).unwrap();
-                    if want_idx < m.horizon {
-                        let h = m.versions[m.horizon].0;
-                        prop_assert_eq!(got, if m.compacted { At::Compacted { horizon: h } } else { At::NotYet });
-                    } else {
-                        let (wid, wdoc) = &m.versions[want_idx];
-                        prop_assert_eq!(got, At::Found { id: *wid, doc: Arc::new(wdoc.clone()) });
-                    }
-                }
-                Op::History { after, before, limit } => {
-                    let n = m.versions.len();
-                    let after = after.filter(|_| n > 0).map(|a| a % n);
-                    let before = before.filter(|_| n > 0).map(|b| b % n);
-                    let res = rt.block_on(store.history(&id, after.map(|a| Point::Id(m.versions[a].0 .0)), before.map(|b| Point::Id(m.versions[b].0 .0)), limit)).unwrap();
-                    if m.compacted && after.is_some_and(|a| a < m.horizon) {
-                        prop_assert_eq!(res, History::Compacted { horizon: m.versions[m.horizon].0 });
-                        continue;
-                    }
-                    let lo = after.map_or(m.horizon, |a| (a + 1).max(m.horizon));
-                    let hi = before.map_or(n, |b| b + 1);
-                    let want: Vec<EventId> = if lo < hi { m.versions[lo..hi].iter().map(|v| v.0).collect() } else { vec![] };
-                    // Follow the cursor to the end.
-                    let mut got = Vec::new();
-                    let mut res = res;
-                    loop {
-                        let History::Events { events, next_after } = res else { panic!("expected events") };
-                        prop_assert!(events.len() <= limit);
-                        got.extend(events.iter().map(|e| e.id));
-                        match next_after {
-                            None => break,
-                            Some(c) => {
-                                prop_assert_eq!(Some(c), got.last().copied());
-                                res = rt.block_on(store.history(&id, Some(Point::Id(c.0)), before.map(|b| Point::Id(m.versions[b].0 .0)), limit)).unwrap();
-                            }
-                        }
-                    }
-                    prop_assert_eq!(got, want);
-                }
-                Op::Compact { dt } => {
-                    clock += dt as i64;
-                    let got = rt.block_on(store.compact(&id, clock as u64)).unwrap();
-                    let cutoff = (clock as u64).saturating_sub(RETAIN_MS);
-                    let cand = m.versions.iter().rposition(|v| v.0.time_ms() <= cutoff);
-                    match cand {
-                        Some(j) if j > m.horizon => {
-                            let Compaction::Done { horizon, .. } = got else { panic!("expected compaction to {j}, got {got:?}") };
-                            prop_assert_eq!(horizon, m.versions[j].0);
-                            m.horizon = j;
-                            m.compacted = true;
-                        }
-                        _ => prop_assert_eq!(got, Compaction::Nothing),
-                    }
-                }
-                Op::Restart { chunk_bytes } => {
-                    drop(store);
-                    drop(sled);
-                    (store, sled) = open_backend(dir.path(), chunk_size(chunk_bytes));
-                }
-            }
-            // Invariants after every op.
-            let st = store.status(&id).unwrap();
-            prop_assert_eq!(st.last_event_id, m.versions.last().map(|v| v.0));
-            prop_assert_eq!(st.horizon, m.versions.get(m.horizon).map(|v| v.0));
-            prop_assert_eq!(st.compacted, m.compacted);
-            prop_assert_eq!(st.events, (m.versions.len() - m.horizon.min(m.versions.len())) as u64);
-            if let Some((_, last)) = m.versions.last() {
-                prop_assert_eq!(&*store.head(&id).unwrap().unwrap().doc, last);
-            }
-        }
-        // Compaction removed the chunks of what it removed: every chunk
-        // left belongs to a retained event or snapshot.
-        let rkey = sled.entry(&id).unwrap().rkey;
-        for tag in [keys::EVENT, keys::SNAPSHOT] {
-            for k in sled.inner.tree.scan_prefix(keys::entry_prefix(keys::chunk_tag(tag), rkey)).keys() {
-                let k = k.unwrap();
-                let owner = keys::entry(tag, rkey, keys::entry_id(&k[..keys::ENTRY_KEY_LEN]).unwrap().0);
-                prop_assert!(sled.inner.tree.contains_key(owner).unwrap(), "chunk {:?} without its entry", k);
-            }
-        }
+        check_model(&rt, ops, snapshot_every, first_chunk, &mut |chunk| {
+            let (store, sled) = open_backend(dir.path(), chunk);
+            (store, Some(sled))
+        })?;
     }
 
     /// For any sequence of documents: `document_at(id_i) == doc_i` for every

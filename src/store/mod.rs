@@ -1,8 +1,8 @@
 //! The change log as everything above it sees it: the [`Storage`] trait and
 //! its contract. Backends: sled, embedded (`crate::log`, the default and the
-//! only code that names sled). A clustered backend implements the same
-//! trait; the model proptest and the crash test are written against the
-//! trait, so a new backend gets them by adding itself to their list.
+//! only code that names sled), and NATS JetStream (`crate::cluster`,
+//! selected by `[cluster]`). The model proptest and the crash test are
+//! written against the trait and run against both.
 //!
 //! Everything above the log (api, feed, poll, registry) holds a [`Store`],
 //! a shared `dyn Storage`.
@@ -43,6 +43,11 @@ pub type Store = Arc<dyn Storage>;
 /// Opens (or creates) the embedded sled log in `dir`.
 pub fn open_sled(dir: &std::path::Path) -> Result<Store, StoreError> {
     Ok(Arc::new(crate::log::Store::open(dir)?))
+}
+
+/// Opens the change log on the NATS JetStream cluster of `cfg`.
+pub async fn open_cluster(cfg: &crate::config::ClusterConfig) -> Result<Store, StoreError> {
+    crate::cluster::open(cfg).await
 }
 
 /// A durable, per-resource, append-only change log with snapshots.
