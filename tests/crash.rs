@@ -67,6 +67,7 @@ fn spec(r: usize) -> ResourceSpec {
         retain: None,
         ad_hoc: false,
         push: false,
+        pages: None,
     }
 }
 

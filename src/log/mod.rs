@@ -386,6 +386,7 @@ fn placeholder_record(id: ResourceId) -> ResourceRecord {
             retain: None,
             ad_hoc: false,
             push: false,
+            pages: None,
         },
         created_ms: 0,
     }
