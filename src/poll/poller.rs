@@ -6,7 +6,10 @@
 //! inside an append. A poll-now trigger (`POST …/poll`) ends the sleep
 //! early: triggers coalesce into at most one queued poll after the one in
 //! flight, a triggered poll starts no sooner than [`TRIGGER_SPACING`] after
-//! the previous poll started, and it resets the back-off. The parse, diff and encoding of a large document run
+//! the previous poll started, and it resets the back-off. A paginated
+//! resource's poll fetches every page (`poll::pages`), showing the page in
+//! flight in its status (`polling`); every verdict leaves its figures
+//! (`last_poll`). The parse, diff and encoding of a large document run
 //! on the blocking pool (`crate::cpu`), one at a time per resource, so a
 //! costly document delays only its own loop.
 
@@ -158,6 +161,12 @@ impl Poller {
         let mut cache = PageCache::default();
         // Items of the last stored document, for a 304's figures.
         let mut items = 0u64;
+        // The status outlives a poller restarted with new settings: a poll
+        // the old one left unfinished is not under way any more.
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .polling = None;
         loop {
             let started = Instant::now();
             let started_ms = now_ms();
