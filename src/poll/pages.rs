@@ -16,6 +16,7 @@
 //! address. The cache is replaced only once a poll's document is stored.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 use url::Url;
@@ -31,7 +32,9 @@ pub const MAX_CURSOR_BYTES: usize = 4096;
 #[derive(Clone, Debug)]
 struct Kept {
     validators: Validators,
-    items: Vec<Value>,
+    /// Shared with the poll that reuses it: a 304 page costs no copy until
+    /// the document is assembled (and none at all when every page is 304).
+    items: Arc<Vec<Value>>,
     next: Option<Url>,
     bytes: usize,
 }
@@ -92,7 +95,9 @@ pub async fn collect(
     let mut url = first.clone();
     let mut seen: HashSet<String> = HashSet::from([url.as_str().to_owned()]);
     let mut origin = None;
-    let mut items: Vec<Value> = Vec::new();
+    // Every page's items in order, assembled into one array at the end.
+    let mut parts: Vec<Arc<Vec<Value>>> = Vec::new();
+    let mut count = 0usize;
     let mut kept = PageCache::default();
     // Bytes the document is made of (fresh and kept pages), and received.
     let mut held = 0usize;
@@ -102,7 +107,7 @@ pub async fn collect(
     loop {
         progress(&Progress {
             page,
-            items: items.len() as u64,
+            items: count as u64,
             bytes: received,
             not_modified,
             url: redact_url(url.as_str()),
@@ -152,19 +157,19 @@ pub async fn collect(
                 };
                 not_modified += 1;
                 kept.pages.insert(url.as_str().to_owned(), c.clone());
-                (c.items.clone(), c.next.clone(), c.bytes)
+                (Arc::clone(&c.items), c.next.clone(), c.bytes)
             }
             Fetched::Document { doc, validators } => {
                 received += answer.bytes as u64;
                 let next = next_of(&pages.next, &doc, &answer.links, &answer.url, &first)
                     .map_err(on_page)?;
-                let page_items = items_of(doc, &pages.items).map_err(on_page)?;
+                let page_items = Arc::new(items_of(doc, &pages.items).map_err(on_page)?);
                 if !validators.is_empty() {
                     kept.pages.insert(
                         url.as_str().to_owned(),
                         Kept {
                             validators,
-                            items: page_items.clone(),
+                            items: Arc::clone(&page_items),
                             next: next.clone(),
                             bytes: answer.bytes,
                         },
@@ -177,7 +182,8 @@ pub async fn collect(
         if held > limit {
             return Err(on_page(FetchError::PagesTooLarge { limit }));
         }
-        items.extend(page_items);
+        count += page_items.len();
+        parts.push(page_items);
         let Some(next) = next else { break };
         // Whatever is wrong with the next address is the next page's
         // error. The guard first (what can be checked before connecting;
@@ -207,15 +213,24 @@ pub async fn collect(
         page += 1;
         url = next;
     }
-    let n = items.len() as u64;
     let fetched = if not_modified == page {
         Fetched::NotModified
     } else {
+        // A page no cache holds (it gave no validators) moves; a kept one
+        // is copied, the cache keeping its own.
+        let mut items = Vec::with_capacity(count);
+        for part in parts {
+            match Arc::try_unwrap(part) {
+                Ok(own) => items.extend(own),
+                Err(shared) => items.extend(shared.iter().cloned()),
+            }
+        }
         Fetched::Document {
             doc: Value::Array(items),
             validators: Validators::default(),
         }
     };
+    let n = count as u64;
     Ok(Collected {
         fetched,
         cache: kept,
