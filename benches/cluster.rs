@@ -38,6 +38,7 @@ fn spec(id: &str) -> ResourceSpec {
         retain: None,
         ad_hoc: false,
         push: false,
+        pages: None,
     }
 }
 

@@ -117,6 +117,7 @@ fn load(
         retain: Some(RETAIN),
         ad_hoc: false,
         push: false,
+        pages: None,
     };
     rt.block_on(store.create(spec, *clock)).unwrap();
     let mut retained: Vec<(EventId, u64)> = Vec::new();

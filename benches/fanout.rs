@@ -188,6 +188,7 @@ impl Sys {
                         retain: None,
                         ad_hoc: false,
                         push: false,
+                        pages: None,
                     },
                     now_ms(),
                 )

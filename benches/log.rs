@@ -39,6 +39,7 @@ fn spec(id: &str, snapshot_every: u32, retain: Option<Duration>) -> ResourceSpec
         retain,
         ad_hoc: false,
         push: false,
+        pages: None,
     }
 }
 

@@ -715,6 +715,7 @@ fn spec(id: &str, snapshot_every: u32, retain_ms: Option<u64>) -> ResourceSpec {
         retain: retain_ms.map(Duration::from_millis),
         ad_hoc: false,
         push: false,
+        pages: None,
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::{check_interval, ResourceInput, ResourceSpec};
+use crate::model::{check_interval, PagesInput, ResourceInput, ResourceSpec};
 /// The duration parsers live with the settings they serve; kept here too
 /// for callers of this module (the fuzz checks).
 pub use crate::model::{parse_duration, parse_retain};
@@ -364,6 +364,8 @@ struct RawResource {
     headers: BTreeMap<String, String>,
     snapshot_every: Option<u32>,
     retain: Option<String>,
+    /// A paginated upstream: `pages = { next, items, param, max }`.
+    pages: Option<PagesInput>,
 }
 
 impl Config {
@@ -532,6 +534,7 @@ fn resource(i: usize, r: RawResource) -> Result<ResourceSpec, ConfigError> {
         retain,
         ad_hoc: false,
         push: r.push,
+        pages: r.pages,
     })
     .map_err(|e| invalid(key(e.field), e.message))
 }

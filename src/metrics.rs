@@ -3,8 +3,10 @@
 //!
 //! Aggregates only: no series names a resource, URL or token.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -26,6 +28,13 @@ pub struct Metrics {
     pub compacted_events: AtomicU64,
     pub proxy_created: AtomicU64,
     pub proxy_reaped: AtomicU64,
+    /// Upstream pages answered 2xx (an unpaginated poll is one page).
+    pub pages_fetched: AtomicU64,
+    /// Upstream pages answered 304.
+    pub pages_not_modified: AtomicU64,
+    /// Failed polls by error code. The codes are the fixed set of
+    /// `FetchError::code` plus the poller's own: the map is bounded.
+    pub poll_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Gauge values that live elsewhere, sampled at render time.
@@ -51,6 +60,17 @@ impl Metrics {
         c.fetch_add(1, Relaxed);
     }
 
+    /// Counts a failed poll under its error code.
+    pub fn poll_failed(&self, code: &str) {
+        let mut m = self.poll_failures.lock().unwrap_or_else(|e| e.into_inner());
+        match m.get_mut(code) {
+            Some(n) => *n += 1,
+            None => {
+                m.insert(code.to_owned(), 1);
+            }
+        }
+    }
+
     pub fn render(&self, s: &Sampled) -> String {
         let mut out = String::with_capacity(2048);
         let mut counter = |name: &str, help: &str, labels: &[(&str, u64)]| {
@@ -73,6 +93,27 @@ impl Metrics {
                 ("outcome=\"not_modified\"", g(&self.polls_not_modified)),
                 ("outcome=\"failed\"", g(&self.polls_failed)),
             ],
+        );
+        counter(
+            "patchfeed_upstream_pages_total",
+            "Upstream pages fetched, by answer (an unpaginated poll is one page).",
+            &[
+                ("outcome=\"fetched\"", g(&self.pages_fetched)),
+                ("outcome=\"not_modified\"", g(&self.pages_not_modified)),
+            ],
+        );
+        let failures: Vec<(String, u64)> = self
+            .poll_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(code, n)| (format!("code=\"{code}\""), *n))
+            .collect();
+        let failures: Vec<(&str, u64)> = failures.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        counter(
+            "patchfeed_poll_failures_total",
+            "Failed polls by error code (the code of last_error and of event: error).",
+            &failures,
         );
         counter(
             "patchfeed_events_appended_total",

@@ -14,7 +14,9 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use ulid::Ulid;
 
+mod pages;
 mod settings;
+pub use pages::{PageNext, Pages, PagesInput};
 pub use settings::{check_interval, parse_duration, parse_retain, ResourceInput, SettingsError};
 
 /// Largest millisecond timestamp a ULID can carry (48 bits).
@@ -298,6 +300,9 @@ pub struct ResourceSpec {
     /// Fed by its owner (`PUT`/`PATCH …/document`), never polled; then
     /// `url` is empty.
     pub push: bool,
+    /// A paginated upstream: the document is the concatenation of its
+    /// pages' arrays (`poll::pages`). `None`: one page, the document.
+    pub pages: Option<Pages>,
 }
 
 /// Every default and bound of resource settings, written once: the

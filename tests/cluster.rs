@@ -22,6 +22,7 @@ fn spec(id: &str, snapshot_every: u32) -> ResourceSpec {
         retain: None,
         ad_hoc: false,
         push: false,
+        pages: None,
     }
 }
 

@@ -125,6 +125,7 @@ fn spec(r: usize) -> ResourceSpec {
         retain: None,
         ad_hoc: false,
         push: false,
+        pages: None,
     }
 }
 

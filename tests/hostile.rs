@@ -1047,6 +1047,7 @@ async fn the_guard_has_no_back_doors_through_config_or_the_demo() {
                 retain: None,
                 ad_hoc: false,
                 push: false,
+                pages: None,
             })
         },
         true,

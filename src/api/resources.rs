@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 
 use super::{ApiError, AppState, Known, PathId};
 use crate::model::{
-    format_rfc3339_ms, parse_retain, redact_url, ResourceInput, ResourceSpec, SettingsError,
+    format_rfc3339_ms, parse_retain, redact_url, PagesInput, ResourceInput, ResourceSpec,
+    SettingsError,
 };
 use crate::registry::ResourceInfo;
 use crate::store::Created;
@@ -44,6 +45,8 @@ struct NewResource {
     snapshot_every: Option<u32>,
     /// Humantime (`"7d"`), `"forever"`, or milliseconds.
     retain: Option<Retain>,
+    /// A paginated upstream: `{"next", "items"?, "param"?, "max"?}`.
+    pages: Option<PagesInput>,
 }
 
 #[derive(Deserialize)]
@@ -116,6 +119,7 @@ fn validate(state: &AppState, new: NewResource) -> Result<ResourceSpec, ApiError
         retain,
         ad_hoc: false,
         push: new.push,
+        pages: new.pages,
     })
     .map_err(settings_error)?;
     if !spec.push {
@@ -168,6 +172,34 @@ fn view(info: &ResourceInfo) -> Value {
         }
         v
     });
+    let last_poll = info.poll.last_poll.as_ref().map(|p| {
+        json!({
+            "outcome": p.outcome,
+            "pages": p.pages,
+            "not_modified": p.not_modified,
+            "items": p.items,
+            "bytes": p.bytes,
+            "duration_ms": p.duration_ms,
+        })
+    });
+    let polling = info.poll.polling.as_ref().map(|p| {
+        json!({
+            "page": p.progress.page,
+            "items": p.progress.items,
+            "bytes": p.progress.bytes,
+            "not_modified": p.progress.not_modified,
+            "url": p.progress.url,
+            "started": format_rfc3339_ms(p.started_ms),
+        })
+    });
+    let pages = spec.pages.as_ref().map(|p| {
+        let given = p.input();
+        let mut v = json!({ "next": given.next, "items": p.items, "max": p.max });
+        if let Some(param) = given.param {
+            v["param"] = json!(param);
+        }
+        v
+    });
     json!({
         "id": spec.id.as_str(),
         // Credentials in the URL are for polling, not for showing.
@@ -180,6 +212,9 @@ fn view(info: &ResourceInfo) -> Value {
         "retained_events": info.log.events,
         "last_polled": info.poll.last_polled_ms.map(format_rfc3339_ms),
         "last_error": last_error,
+        "last_poll": last_poll,
+        "polling": polling,
+        "pages": pages,
         "horizon": info.log.horizon.map(|e| e.to_string()),
         "compacted": info.log.compacted,
         "snapshot_every": spec.snapshot_every,

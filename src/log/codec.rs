@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{is_ad_hoc_id, ResourceId, ResourceRecord, ResourceSpec};
+use crate::model::{is_ad_hoc_id, Pages, PagesInput, ResourceId, ResourceRecord, ResourceSpec};
 
 /// Version of the whole storage format, kept under `keys::VERSION`.
 /// Version 2 added chunked event and snapshot values (`keys`); a version-1
@@ -44,6 +44,20 @@ struct DiskResource {
     /// written before push resources existed, and then false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     push: bool,
+    /// A paginated upstream. Absent in records written before pagination
+    /// existed (and in those of unpaginated resources), and then none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pages: Option<DiskPages>,
+}
+
+/// `ResourceSpec::pages` on disk: the settings as given, defaults filled in.
+#[derive(Serialize, Deserialize)]
+struct DiskPages {
+    next: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    param: Option<String>,
+    items: String,
+    max: u32,
 }
 
 /// Whether a record written before the ad-hoc flag existed was made by the
@@ -74,6 +88,15 @@ pub(crate) fn encode_resource(rkey: u64, r: &ResourceRecord) -> Vec<u8> {
         created_ms: r.created_ms,
         ad_hoc: Some(r.spec.ad_hoc),
         push: r.spec.push,
+        pages: r.spec.pages.as_ref().map(|p| {
+            let i = p.input();
+            DiskPages {
+                next: i.next,
+                param: i.param,
+                items: p.items.clone(),
+                max: p.max,
+            }
+        }),
     };
     let mut out = vec![RECORD_V1];
     // Serializing a struct of strings and integers to a Vec cannot fail.
@@ -96,6 +119,20 @@ pub(crate) fn decode_resource(v: &[u8]) -> Option<(u64, ResourceRecord)> {
         retain: d.retain_ms.map(Duration::from_millis),
         ad_hoc: false,
         push: d.push,
+        // Written by `encode_resource` from validated settings; a record
+        // that no longer validates does not decode (and is quarantined).
+        pages: match d.pages {
+            None => None,
+            Some(p) => Some(
+                Pages::validate(PagesInput {
+                    next: p.next,
+                    items: Some(p.items),
+                    param: p.param,
+                    max: Some(p.max),
+                })
+                .ok()?,
+            ),
+        },
     };
     spec.ad_hoc = d.ad_hoc.unwrap_or_else(|| legacy_ad_hoc(&spec));
     Some((
@@ -166,6 +203,7 @@ mod tests {
             retain,
             ad_hoc,
             push: false,
+            pages: None,
         }
     }
 
@@ -254,6 +292,46 @@ mod tests {
         v.extend_from_slice(old);
         let (_, back) = decode_resource(&v).expect("an old record reads");
         assert_eq!(back.spec, polled);
+    }
+
+    #[test]
+    fn issue_18_pages_round_trip_and_records_without_them_read_as_before() {
+        use crate::model::{PageNext, Pages};
+        let record = |spec| ResourceRecord {
+            spec,
+            created_ms: 1,
+        };
+        for next in [
+            PageNext::Link,
+            PageNext::Url("/next".into()),
+            PageNext::Cursor {
+                pointer: "/meta/cursor".into(),
+                param: "cursor".into(),
+            },
+        ] {
+            let paged = ResourceSpec {
+                pages: Some(Pages {
+                    next,
+                    items: "/data".into(),
+                    max: 7,
+                }),
+                ..spec("p", "http://127.0.0.1:9/list", None, false)
+            };
+            let (_, back) =
+                decode_resource(&encode_resource(3, &record(paged.clone()))).expect("reads");
+            assert_eq!(back.spec, paged);
+        }
+        // An unpaginated resource's record carries no `pages` key, as
+        // before pagination existed.
+        let plain = spec("r", "http://127.0.0.1:9/doc", None, false);
+        let bytes = encode_resource(3, &record(plain));
+        assert!(!String::from_utf8_lossy(&bytes).contains("pages"));
+        // A record whose pages no longer validate does not decode (the
+        // resource is quarantined rather than polled wrongly).
+        let bad = br#"{"rkey":3,"id":"r","url":"http://h/","interval_ms":5000,"headers":{},"snapshot_every":100,"retain_ms":null,"created_ms":1,"ad_hoc":false,"pages":{"next":"x","items":"","max":1}}"#;
+        let mut v = vec![RECORD_V1];
+        v.extend_from_slice(bad);
+        assert!(decode_resource(&v).is_none());
     }
 
     #[test]

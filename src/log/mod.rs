@@ -408,6 +408,7 @@ pub(crate) fn placeholder_record(id: ResourceId) -> ResourceRecord {
             retain: None,
             ad_hoc: false,
             push: false,
+            pages: None,
         },
         created_ms: 0,
     }

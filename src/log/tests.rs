@@ -20,6 +20,7 @@ pub(crate) fn spec(id: &str, snapshot_every: u32, retain: Option<Duration>) -> R
         retain,
         ad_hoc: false,
         push: false,
+        pages: None,
     }
 }
 

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{redact_url, ResourceId, ResourceSpec};
+use super::{redact_url, Pages, PagesInput, ResourceId, ResourceSpec};
 
 /// Resource settings as a user gives them: everything but the URL may be
 /// left out and then takes its default; a push resource has no URL.
@@ -35,6 +35,8 @@ pub struct ResourceInput {
     pub ad_hoc: bool,
     /// Fed by its owner, never polled.
     pub push: bool,
+    /// A paginated upstream: how its pages are found. Default none.
+    pub pages: Option<PagesInput>,
 }
 
 /// Why settings are not acceptable: the setting (as the config file names
@@ -43,8 +45,9 @@ pub struct ResourceInput {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct SettingsError {
-    /// `id`, `url`, `push`, `interval`, `headers`, `snapshot_every` or
-    /// `retain`.
+    /// `id`, `url`, `push`, `interval`, `headers`, `snapshot_every`,
+    /// `retain`, `pages` or one of its keys (`pages.next`, `pages.items`,
+    /// `pages.param`, `pages.max`).
     pub field: &'static str,
     /// What is wrong, naming the value (a header value never: it may be a
     /// secret).
@@ -91,7 +94,8 @@ impl ResourceSpec {
     /// The one validator of resource settings: checks, in this order, id,
     /// url (given exactly when not `push`; it parses, and is http or
     /// https), interval, snapshot_every,
-    /// headers (names and values valid in HTTP) and retain, and applies the
+    /// headers (names and values valid in HTTP), retain and pages (not on
+    /// a push resource; see [`Pages::validate`]), and applies the
     /// defaults. The first bad setting is the error.
     pub fn validate(input: ResourceInput) -> Result<ResourceSpec, SettingsError> {
         let id = match input.id {
@@ -138,6 +142,16 @@ impl ResourceSpec {
                 return Err(err("headers", format!("invalid value for header {k:?}")));
             }
         }
+        let pages = match (input.pages, input.push) {
+            (None, _) => None,
+            (Some(_), true) => {
+                return Err(err(
+                    "pages",
+                    "a push resource is not polled, so it has no pages".into(),
+                ))
+            }
+            (Some(p), false) => Some(Pages::validate(p).map_err(|(k, m)| err(k, m))?),
+        };
         Ok(ResourceSpec {
             id,
             url,
@@ -147,6 +161,7 @@ impl ResourceSpec {
             retain: input.retain.unwrap_or(Some(Self::DEFAULT_RETAIN)),
             ad_hoc: input.ad_hoc,
             push: input.push,
+            pages,
         })
     }
 }
@@ -393,6 +408,37 @@ mod tests {
         });
         assert_eq!(e.field, "url");
         assert!(e.message.contains("unless push is true"), "{e}");
+    }
+
+    #[test]
+    fn issue_18_pages_are_checked_and_not_for_push_resources() {
+        let pages = |max| {
+            Some(PagesInput {
+                next: "link".into(),
+                max: Some(max),
+                ..PagesInput::default()
+            })
+        };
+        let s = ResourceSpec::validate(ResourceInput {
+            pages: pages(3),
+            ..input()
+        })
+        .unwrap();
+        assert_eq!(s.pages.map(|p| p.max), Some(3));
+        assert_eq!(ResourceSpec::validate(input()).unwrap().pages, None);
+        let e = error(ResourceInput {
+            pages: pages(0),
+            ..input()
+        });
+        assert_eq!(e.to_string(), "pages.max: 0 is outside 1..=10000");
+        let e = error(ResourceInput {
+            url: None,
+            push: true,
+            pages: pages(3),
+            ..input()
+        });
+        assert_eq!(e.field, "pages");
+        assert!(e.message.contains("push resource"), "{e}");
     }
 
     #[test]

@@ -76,7 +76,8 @@ impl Validators {
         }
     }
 
-    fn is_empty(&self) -> bool {
+    /// No validator: a request with these is unconditional.
+    pub fn is_empty(&self) -> bool {
         self.etag.is_none() && self.last_modified.is_none()
     }
 }
@@ -94,6 +95,27 @@ pub enum Fetched {
         validators: Validators,
     },
 }
+
+/// One fetch as [`Fetcher::fetch_page`] saw it: what it found, plus what a
+/// paginated poll needs to find the next page.
+#[derive(Debug)]
+pub struct Answer {
+    /// What was found.
+    pub fetched: Fetched,
+    /// Bytes of the body read (0 for a 304).
+    pub bytes: usize,
+    /// The URL that answered (after redirects): relative next URLs resolve
+    /// against it.
+    pub url: Url,
+    /// The answer's `Link` header values, at most [`MAX_LINK_HEADERS`] of
+    /// at most [`MAX_LINK_BYTES`] each (longer ones are dropped).
+    pub links: Vec<String>,
+}
+
+/// `Link` header values kept per answer.
+pub const MAX_LINK_HEADERS: usize = 16;
+/// Longest `Link` header value kept, in bytes.
+pub const MAX_LINK_BYTES: usize = 8192;
 
 /// Why a fetch failed. Each variant has a stable [`FetchError::code`];
 /// messages show URLs redacted.
@@ -150,6 +172,44 @@ pub enum FetchError {
         /// The bound, in levels of arrays and objects.
         limit: usize,
     },
+    /// A page of a paginated poll failed: the code and status are the
+    /// page's own error's; the message names the page.
+    #[error("page {page} ({url}): {error}")]
+    OnPage {
+        /// Which page, from 1.
+        page: u32,
+        /// Its URL, redacted.
+        url: String,
+        /// What went wrong with it.
+        error: Box<FetchError>,
+    },
+    /// `page_loop`: a next page URL (or cursor) seen before in this poll.
+    #[error("page loop: {0}")]
+    PageLoop(String),
+    /// `too_many_pages`: there is a next page after `max` pages.
+    #[error("more than {max} pages (pages.max)")]
+    TooManyPages {
+        /// The bound (`pages.max`).
+        max: u32,
+    },
+    /// `page_origin`: a next page URL on another origin than the first
+    /// page's.
+    #[error("next page on another origin: {0}")]
+    PageOrigin(String),
+    /// `page_items`: a page's `items` are missing or not an array.
+    #[error("{0}")]
+    PageItems(String),
+    /// `page_next`: a page's next URL or cursor is of the wrong type or
+    /// does not parse, or its `Link` header does not parse.
+    #[error("{0}")]
+    PageNext(String),
+    /// `too_large`: the pages of one poll hold more than
+    /// `limits.upstream_max_body_bytes` in all.
+    #[error("the pages exceed the limit of {limit} bytes in all")]
+    PagesTooLarge {
+        /// The bound, in bytes.
+        limit: usize,
+    },
 }
 
 impl FetchError {
@@ -167,6 +227,13 @@ impl FetchError {
             FetchError::NotJson(_) => "not_json",
             FetchError::Body(_) => "body",
             FetchError::TooDeep { .. } => "too_deep",
+            FetchError::OnPage { error, .. } => error.code(),
+            FetchError::PageLoop(_) => "page_loop",
+            FetchError::TooManyPages { .. } => "too_many_pages",
+            FetchError::PageOrigin(_) => "page_origin",
+            FetchError::PageItems(_) => "page_items",
+            FetchError::PageNext(_) => "page_next",
+            FetchError::PagesTooLarge { .. } => "too_large",
         }
     }
 
@@ -174,6 +241,7 @@ impl FetchError {
     pub fn status(&self) -> Option<u16> {
         match self {
             FetchError::Status { status } => Some(status.as_u16()),
+            FetchError::OnPage { error, .. } => error.status(),
             _ => None,
         }
     }
@@ -272,8 +340,26 @@ impl Fetcher {
         headers: &BTreeMap<String, String>,
         validators: &Validators,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_page(url, headers, validators, self.config.max_body)
+            .await
+            .map(|a| a.fetched)
+    }
+
+    /// [`Fetcher::fetch`] with a body cap of `limit` bytes (at most the
+    /// configured one), answering with the body's size, the URL that
+    /// answered and its `Link` headers: one page of a paginated poll.
+    pub async fn fetch_page(
+        &self,
+        url: &str,
+        headers: &BTreeMap<String, String>,
+        validators: &Validators,
+        limit: usize,
+    ) -> Result<Answer, FetchError> {
         let deadline = tokio::time::Instant::now() + self.config.timeout;
-        match tokio::time::timeout_at(deadline, self.fetch_inner(url, headers, validators)).await {
+        let limit = limit.min(self.config.max_body);
+        match tokio::time::timeout_at(deadline, self.fetch_inner(url, headers, validators, limit))
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(FetchError::Timeout(self.config.timeout)),
         }
@@ -284,7 +370,8 @@ impl Fetcher {
         url: &str,
         headers: &BTreeMap<String, String>,
         validators: &Validators,
-    ) -> Result<Fetched, FetchError> {
+        limit: usize,
+    ) -> Result<Answer, FetchError> {
         let mut target = self.parse_checked(url)?;
         let mut request_headers = HeaderMap::new();
         for (k, v) in headers {
@@ -363,12 +450,26 @@ impl Fetcher {
         };
 
         let status = response.status();
+        let links: Vec<String> = response
+            .headers()
+            .get_all(header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter(|v| v.len() <= MAX_LINK_BYTES)
+            .take(MAX_LINK_HEADERS)
+            .map(str::to_owned)
+            .collect();
         if status == StatusCode::NOT_MODIFIED {
             if validators.is_empty() {
                 // We never asked for it: a broken upstream.
                 return Err(FetchError::Status { status });
             }
-            return Ok(Fetched::NotModified);
+            return Ok(Answer {
+                fetched: Fetched::NotModified,
+                bytes: 0,
+                url: target,
+                links,
+            });
         }
         if !status.is_success() {
             return Err(FetchError::Status { status });
@@ -385,7 +486,6 @@ impl Fetcher {
                 return Err(FetchError::NotJson(format!("Content-Type is {essence}")));
             }
         }
-        let limit = self.config.max_body;
         if response.content_length().is_some_and(|n| n > limit as u64) {
             return Err(FetchError::TooLarge { limit });
         }
@@ -398,6 +498,7 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
+        let bytes = body.len();
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(FetchError::NotJson("the body is empty".into()));
         }
@@ -422,9 +523,14 @@ impl Fetcher {
         })
         .await
         .map_err(|e| FetchError::Body(e.to_string()))??;
-        Ok(Fetched::Document {
-            doc,
-            validators: got,
+        Ok(Answer {
+            fetched: Fetched::Document {
+                doc,
+                validators: got,
+            },
+            bytes,
+            url: target,
+            links,
         })
     }
 

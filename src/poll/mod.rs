@@ -5,4 +5,5 @@
 pub mod backoff;
 pub mod fetch;
 pub mod guard;
+pub mod pages;
 pub mod poller;

@@ -6,7 +6,10 @@
 //! inside an append. A poll-now trigger (`POST …/poll`) ends the sleep
 //! early: triggers coalesce into at most one queued poll after the one in
 //! flight, a triggered poll starts no sooner than [`TRIGGER_SPACING`] after
-//! the previous poll started, and it resets the back-off. The parse, diff and encoding of a large document run
+//! the previous poll started, and it resets the back-off. A paginated
+//! resource's poll fetches every page (`poll::pages`), showing the page in
+//! flight in its status (`polling`); every verdict leaves its figures
+//! (`last_poll`). The parse, diff and encoding of a large document run
 //! on the blocking pool (`crate::cpu`), one at a time per resource, so a
 //! costly document delays only its own loop.
 
@@ -20,7 +23,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
-use super::fetch::{Fetched, Fetcher, Validators};
+use super::fetch::{FetchError, Fetched, Fetcher, Validators};
+use super::pages::{self, PageCache, Progress};
 use crate::hub::{Hub, UpstreamError};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, EventId, ResourceId, ResourceSpec};
@@ -83,6 +87,57 @@ pub struct PollStatus {
     pub last_polled_ms: Option<u64>,
     /// Set while the upstream is failing; cleared by the next success.
     pub last_error: Option<UpstreamError>,
+    /// The last poll that reached a verdict, in figures.
+    pub last_poll: Option<LastPoll>,
+    /// A paginated poll under way: the page being fetched now.
+    pub polling: Option<Polling>,
+}
+
+/// One finished poll, in figures (the resource view's `last_poll`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastPoll {
+    /// `changed`, `unchanged`, `not_modified` or `failed`.
+    pub outcome: &'static str,
+    /// Pages fetched (1 for an unpaginated resource); for a failed poll,
+    /// up to and including the failing one.
+    pub pages: u32,
+    /// Of those, pages that answered 304.
+    pub not_modified: u32,
+    /// Items in the document: the collection's length for a paginated
+    /// resource, else the document's length if it is an array, else 1
+    /// (0 for a failed poll that had none yet).
+    pub items: u64,
+    /// Body bytes received (a 304: none).
+    pub bytes: u64,
+    /// From the first request to the verdict (the append included).
+    pub duration_ms: u64,
+}
+
+/// A paginated poll under way (the resource view's `polling`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Polling {
+    /// Unix ms when the poll started.
+    pub started_ms: u64,
+    /// What is being fetched now.
+    pub progress: Progress,
+}
+
+/// One poll's fetch: what it found, the pages to keep once its document
+/// is stored (a paginated resource), and its figures.
+struct Got {
+    fetched: Fetched,
+    keep: Option<PageCache>,
+    figures: Figures,
+}
+
+/// A poll's figures so far (see [`LastPoll`]).
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    pages: u32,
+    not_modified: u32,
+    /// Known for a paginated resource; else counted from the document.
+    items: Option<u64>,
+    bytes: u64,
 }
 
 pub struct Poller {
@@ -103,32 +158,66 @@ impl Poller {
         let interval = self.spec.interval;
         let mut backoff = Backoff::new(interval, MAX_BACKOFF.max(interval));
         let mut validators = Validators::default();
+        let mut cache = PageCache::default();
+        // Items of the last stored document, for a 304's figures.
+        let mut items = 0u64;
+        // The status outlives a poller restarted with new settings: a poll
+        // the old one left unfinished is not under way any more.
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .polling = None;
         loop {
             let started = Instant::now();
+            let started_ms = now_ms();
             let fetched = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.fetcher.fetch(&self.spec.url, &self.spec.headers, &validators) => r,
+                r = self.fetch(&validators, &cache, started_ms) => r,
+            };
+            let last_poll = |outcome, f: Figures, items| LastPoll {
+                outcome,
+                pages: f.pages,
+                not_modified: f.not_modified,
+                items,
+                bytes: f.bytes,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             };
             let delay = match fetched {
-                Ok(Fetched::NotModified) => {
+                Ok(Got {
+                    fetched: Fetched::NotModified,
+                    figures,
+                    ..
+                }) => {
                     Metrics::inc(&self.metrics.polls_not_modified);
-                    self.healthy();
+                    self.healthy(last_poll("not_modified", figures, items));
                     backoff.reset();
                     interval
                 }
-                Ok(Fetched::Document { doc, validators: v }) => {
+                Ok(Got {
+                    fetched: Fetched::Document { doc, validators: v },
+                    keep,
+                    figures,
+                }) => {
+                    let n = figures
+                        .items
+                        .unwrap_or_else(|| doc.as_array().map_or(1, |a| a.len() as u64));
                     match ingest(&self.store, &self.hub, &self.metrics, &id, doc).await {
-                        Ok(Some(_)) => {
-                            Metrics::inc(&self.metrics.polls_changed);
-                            validators = v;
-                            self.healthy();
-                            backoff.reset();
-                            interval
-                        }
-                        Ok(None) => {
-                            Metrics::inc(&self.metrics.polls_unchanged);
-                            validators = v;
-                            self.healthy();
+                        Ok(appended) => {
+                            let outcome = if appended.is_some() {
+                                Metrics::inc(&self.metrics.polls_changed);
+                                "changed"
+                            } else {
+                                Metrics::inc(&self.metrics.polls_unchanged);
+                                "unchanged"
+                            };
+                            // What this poll's requests were conditional on
+                            // changes only once its document is stored.
+                            match keep {
+                                Some(pages) => cache = pages,
+                                None => validators = v,
+                            }
+                            items = n;
+                            self.healthy(last_poll(outcome, figures, n));
                             backoff.reset();
                             interval
                         }
@@ -138,12 +227,15 @@ impl Poller {
                             // The fetcher checks this first; kept for a
                             // bound that differs (never stored either way).
                             Metrics::inc(&self.metrics.polls_failed);
-                            self.failed(UpstreamError {
-                                code: "too_deep".into(),
-                                message: e.to_string(),
-                                status: None,
-                                time_ms: now_ms(),
-                            });
+                            self.failed(
+                                UpstreamError {
+                                    code: "too_deep".into(),
+                                    message: e.to_string(),
+                                    status: None,
+                                    time_ms: now_ms(),
+                                },
+                                last_poll("failed", figures, n),
+                            );
                             backoff.next_delay()
                         }
                         Err(e) => {
@@ -151,25 +243,31 @@ impl Poller {
                             // fetch the body again.
                             Metrics::inc(&self.metrics.append_errors);
                             tracing::error!(resource = %id, error = %e, "append failed");
-                            self.failed(UpstreamError {
-                                code: "storage_error".into(),
-                                message: "the change could not be stored; retrying".into(),
-                                status: None,
-                                time_ms: now_ms(),
-                            });
+                            self.failed(
+                                UpstreamError {
+                                    code: "storage_error".into(),
+                                    message: "the change could not be stored; retrying".into(),
+                                    status: None,
+                                    time_ms: now_ms(),
+                                },
+                                last_poll("failed", figures, n),
+                            );
                             backoff.next_delay()
                         }
                     }
                 }
-                Err(e) => {
+                Err((e, figures)) => {
                     Metrics::inc(&self.metrics.polls_failed);
                     tracing::info!(resource = %id, code = e.code(), error = %e, "poll failed");
-                    self.failed(UpstreamError {
-                        code: e.code().into(),
-                        message: e.to_string(),
-                        status: e.status(),
-                        time_ms: now_ms(),
-                    });
+                    self.failed(
+                        UpstreamError {
+                            code: e.code().into(),
+                            message: e.to_string(),
+                            status: e.status(),
+                            time_ms: now_ms(),
+                        },
+                        last_poll("failed", figures, figures.items.unwrap_or(0)),
+                    );
                     backoff.next_delay()
                 }
             };
@@ -192,17 +290,101 @@ impl Poller {
         }
     }
 
-    fn healthy(&self) {
+    /// One poll's fetch: one conditional GET, or every page of a paginated
+    /// resource (`poll::pages`, its progress shown in `polling`). A
+    /// failure comes with the figures reached so far.
+    async fn fetch(
+        &self,
+        validators: &Validators,
+        cache: &PageCache,
+        started_ms: u64,
+    ) -> Result<Got, (FetchError, Figures)> {
+        let Some(p) = &self.spec.pages else {
+            let one = Figures {
+                pages: 1,
+                ..Figures::default()
+            };
+            let a = self
+                .fetcher
+                .fetch_page(&self.spec.url, &self.spec.headers, validators, usize::MAX)
+                .await
+                .map_err(|e| (e, one))?;
+            let not_modified = matches!(a.fetched, Fetched::NotModified);
+            Metrics::inc(if not_modified {
+                &self.metrics.pages_not_modified
+            } else {
+                &self.metrics.pages_fetched
+            });
+            return Ok(Got {
+                fetched: a.fetched,
+                keep: None,
+                figures: Figures {
+                    not_modified: u32::from(not_modified),
+                    bytes: a.bytes as u64,
+                    ..one
+                },
+            });
+        };
+        let mut report = |now: &Progress| {
+            let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+            s.polling = Some(Polling {
+                started_ms,
+                progress: now.clone(),
+            });
+        };
+        let r = pages::collect(
+            &self.fetcher,
+            &self.spec,
+            p,
+            cache,
+            &self.metrics,
+            &mut report,
+        )
+        .await;
+        let progress = self
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .polling
+            .take()
+            .map(|p| p.progress);
+        match r {
+            Ok(c) => Ok(Got {
+                fetched: c.fetched,
+                keep: Some(c.cache),
+                figures: Figures {
+                    pages: c.pages,
+                    not_modified: c.not_modified,
+                    items: Some(c.items),
+                    bytes: c.bytes,
+                },
+            }),
+            Err(e) => {
+                let f = progress.map_or(Figures::default(), |p| Figures {
+                    pages: p.page,
+                    not_modified: p.not_modified,
+                    items: Some(p.items),
+                    bytes: p.bytes,
+                });
+                Err((e, f))
+            }
+        }
+    }
+
+    fn healthy(&self, poll: LastPoll) {
         let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
         s.last_polled_ms = Some(now_ms());
         s.last_error = None;
+        s.last_poll = Some(poll);
     }
 
-    fn failed(&self, err: UpstreamError) {
+    fn failed(&self, err: UpstreamError, poll: LastPoll) {
+        self.metrics.poll_failed(&err.code);
         {
             let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
             s.last_polled_ms = Some(err.time_ms);
             s.last_error = Some(err.clone());
+            s.last_poll = Some(poll);
         }
         self.hub.publish_error(&self.spec.id, err);
     }

@@ -129,6 +129,7 @@ impl Registry {
             retain: Some(Some(ResourceSpec::AD_HOC_RETAIN)),
             ad_hoc: true,
             push: false,
+            pages: None,
         })
         .map_err(|e| ProxyError::Refused(FetchError::InvalidUrl(e.to_string())))?;
         let created = self.store.create(spec, now_ms()).await?;

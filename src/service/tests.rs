@@ -30,6 +30,7 @@ fn push_spec() -> ResourceSpec {
         retain: None,
         ad_hoc: false,
         push: true,
+        pages: None,
     }
 }
 

@@ -6,6 +6,15 @@
 //! `/redirect?to=URL` answers 302 to URL, `/loop` redirects to itself.
 //! `hits` counts every request on any path (the guard tests check it stays
 //! 0); `requests`, `times` and `last_headers` are about `/doc`.
+//!
+//! Paginated routes serve the pages of `paged` (`Paged`), each with an
+//! ETag per page version (a matching `If-None-Match` gets 304), in three
+//! styles: `/p/link?page=N` (the page is the array; RFC 8288 `Link:
+//! rel="next"`), `/p/url?page=N` (`{"results", "next"}`: page 0 names the
+//! next page by an absolute URL, later pages by a relative one) and
+//! `/p/cursor?cursor=cN` (`{"data", "meta": {"cursor"}}`; no cursor is
+//! page 0). Per page: a failing status, a next value put in place of the
+//! real one, a delay.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -62,6 +71,122 @@ pub struct Upstream {
     pub state: Arc<Mutex<UpstreamState>>,
     /// Requests on any path.
     pub hits: Arc<AtomicUsize>,
+    /// The paginated routes' pages.
+    pub paged: Arc<Mutex<Paged>>,
+}
+
+/// The pages the paginated routes serve, and what they saw.
+#[derive(Default)]
+pub struct Paged {
+    /// The items of each page.
+    pub pages: Vec<Vec<Value>>,
+    /// Each page's version (its ETag is `"p<page>v<version>"`).
+    pub versions: Vec<u64>,
+    /// Pages answering this status instead.
+    pub status: HashMap<usize, u16>,
+    /// Pages whose next value (a URL, or a cursor) is this instead.
+    pub next: HashMap<usize, Value>,
+    /// Pages whose `items` are this instead of the array.
+    pub items: HashMap<usize, Value>,
+    /// Pages answering after this delay (at most 30 s).
+    pub delay: HashMap<usize, Duration>,
+    /// 200s per page.
+    pub served: HashMap<usize, usize>,
+    /// 304s per page.
+    pub not_modified: HashMap<usize, usize>,
+    /// The query string of the last request, by style.
+    pub last_query: HashMap<&'static str, String>,
+}
+
+impl Paged {
+    /// The whole collection: every page's items in order.
+    pub fn all(&self) -> Value {
+        Value::Array(self.pages.iter().flatten().cloned().collect())
+    }
+}
+
+fn lock_paged(p: &Mutex<Paged>) -> std::sync::MutexGuard<'_, Paged> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Serves page `n` of `paged` in `style` (`link`, `url`, `cursor`).
+async fn serve_page(
+    paged: Arc<Mutex<Paged>>,
+    addr: SocketAddr,
+    style: &'static str,
+    q: HashMap<String, String>,
+    raw_query: Option<String>,
+    headers: HeaderMap,
+) -> Response {
+    let n: Option<usize> = match style {
+        "cursor" => match q.get("cursor") {
+            None => Some(0),
+            Some(c) => c.strip_prefix('c').and_then(|n| n.parse().ok()),
+        },
+        _ => q.get("page").and_then(|n| n.parse().ok()),
+    };
+    let delay = {
+        let p = lock_paged(&paged);
+        n.and_then(|n| p.delay.get(&n).copied())
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d.min(Duration::from_secs(30))).await;
+    }
+    let mut p = lock_paged(&paged);
+    p.last_query.insert(style, raw_query.unwrap_or_default());
+    let Some(n) = n.filter(|n| *n < p.pages.len()) else {
+        return (StatusCode::NOT_FOUND, "no such page").into_response();
+    };
+    if let Some(code) = p.status.get(&n) {
+        return (StatusCode::from_u16(*code).expect("a status"), "failing").into_response();
+    }
+    let etag = format!("\"p{n}v{}\"", p.versions.get(n).copied().unwrap_or(0));
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        == Some(etag.as_str())
+    {
+        *p.not_modified.entry(n).or_default() += 1;
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    *p.served.entry(n).or_default() += 1;
+    let last = n + 1 == p.pages.len();
+    let items = p
+        .items
+        .get(&n)
+        .cloned()
+        .unwrap_or_else(|| Value::Array(p.pages[n].clone()));
+    let real_next = match (style, last) {
+        (_, true) => Value::Null,
+        ("link", false) => json!(format!("/p/link?page={}", n + 1)),
+        ("url", false) if n == 0 => json!(format!("http://{addr}/p/url?page=1")),
+        ("url", false) => json!(format!("?page={}", n + 1)),
+        (_, false) => json!(format!("c{}", n + 1)),
+    };
+    let next = p.next.get(&n).cloned().unwrap_or(real_next);
+    let mut headers = vec![
+        (header::CONTENT_TYPE, "application/json".to_owned()),
+        (header::ETAG, etag),
+    ];
+    let body = match style {
+        "link" => {
+            let mut link = String::from("</p/link?page=0>; rel=\"first\"");
+            if let Value::String(u) = &next {
+                // Several relation types and a comma inside a quoted value.
+                link = format!("<{u}>; rel=\"next nofollow\"; title=\"a, b\", {link}");
+            }
+            headers.push((header::LINK, link));
+            items
+        }
+        "url" => json!({ "results": items, "next": next }),
+        _ => json!({ "data": items, "meta": { "cursor": next } }),
+    };
+    let mut r = body.to_string().into_response();
+    for (k, v) in headers {
+        r.headers_mut()
+            .insert(k, v.parse().expect("a header value"));
+    }
+    r
 }
 
 fn lock(s: &Mutex<UpstreamState>) -> std::sync::MutexGuard<'_, UpstreamState> {
@@ -178,7 +303,32 @@ impl Upstream {
         }));
         let hits = Arc::new(AtomicUsize::new(0));
         let big_served = Arc::new(AtomicUsize::new(0));
+        let paged = Arc::new(Mutex::new(Paged::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the upstream");
+        let addr = listener.local_addr().expect("local addr");
+        let page_route = |style: &'static str| {
+            let paged = paged.clone();
+            get(
+                move |Query(q): Query<HashMap<String, String>>,
+                      uri: axum::http::Uri,
+                      headers: HeaderMap| {
+                    serve_page(
+                        paged,
+                        addr,
+                        style,
+                        q,
+                        uri.query().map(str::to_owned),
+                        headers,
+                    )
+                },
+            )
+        };
         let app = Router::new()
+            .route("/p/link", page_route("link"))
+            .route("/p/url", page_route("url"))
+            .route("/p/cursor", page_route("cursor"))
             .route("/doc", get(serve))
             .with_state(state.clone())
             .route(
@@ -208,14 +358,35 @@ impl Upstream {
                     async move { req }
                 }
             }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the upstream");
-        let addr = listener.local_addr().expect("local addr");
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Upstream { addr, state, hits }
+        Upstream {
+            addr,
+            state,
+            hits,
+            paged,
+        }
+    }
+
+    /// Serves these pages (each a list of items) on the paginated routes,
+    /// every page at version 0.
+    pub fn set_pages(&self, pages: Vec<Vec<Value>>) {
+        let mut p = lock_paged(&self.paged);
+        p.versions = vec![0; pages.len()];
+        p.pages = pages;
+    }
+
+    /// Changes page `n` with `f` (its version, and so its ETag, moves on).
+    pub fn change_page(&self, n: usize, f: impl FnOnce(&mut Vec<Value>)) {
+        let mut p = lock_paged(&self.paged);
+        f(&mut p.pages[n]);
+        p.versions[n] += 1;
+    }
+
+    /// Runs `f` on the paginated routes' state.
+    pub fn paged<T>(&self, f: impl FnOnce(&mut Paged) -> T) -> T {
+        f(&mut lock_paged(&self.paged))
     }
 
     /// The scripted document's URL (`/doc`).

@@ -13,6 +13,7 @@ mod ingest;
 mod ingest_isolation;
 mod inproc_api;
 mod openapi;
+mod pages;
 mod paused;
 mod store_integrity;
 mod stream;

@@ -147,6 +147,7 @@ impl InProcess {
                 retain: None,
                 ad_hoc: false,
                 push: false,
+                pages: None,
             }],
             ..Config::default()
         };

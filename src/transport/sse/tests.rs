@@ -275,6 +275,7 @@ async fn store_with_resource(dir: &std::path::Path) -> (Store, ResourceId) {
                 retain: None,
                 ad_hoc: false,
                 push: false,
+                pages: None,
             },
             0,
         )
