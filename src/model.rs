@@ -15,7 +15,9 @@ use time::OffsetDateTime;
 use ulid::Ulid;
 
 mod settings;
+mod webhook;
 pub use settings::{check_interval, parse_duration, parse_retain, ResourceInput, SettingsError};
+pub use webhook::{Cursor, Resources, Start, WebhookRecord, WebhookSpec};
 
 /// Largest millisecond timestamp a ULID can carry (48 bits).
 pub const MAX_ULID_MS: u64 = (1 << 48) - 1;

@@ -17,4 +17,5 @@ mod paused;
 mod store_integrity;
 mod stream;
 mod support;
+mod webhooks;
 mod ws;
