@@ -22,10 +22,13 @@ const DEFAULT_ATTEMPTS: usize = 100;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/webhooks", get(list_webhooks).post(create_webhook))
-        .route("/v1/webhooks/{id}", get(get_webhook).delete(delete_webhook))
-        .route("/v1/webhooks/{id}/replay", post(replay_webhook))
-        .route("/v1/webhooks/{id}/enable", post(enable_webhook))
-        .route("/v1/webhooks/{id}/attempts", get(list_attempts))
+        .route(
+            "/v1/webhooks/{webhook}",
+            get(get_webhook).delete(delete_webhook),
+        )
+        .route("/v1/webhooks/{webhook}/replay", post(replay_webhook))
+        .route("/v1/webhooks/{webhook}/enable", post(enable_webhook))
+        .route("/v1/webhooks/{webhook}/attempts", get(list_attempts))
 }
 
 impl From<WebhookError> for ApiError {

@@ -32,7 +32,7 @@ pub mod upstream;
 
 pub use http::*;
 pub use inproc::{hold_clock, App, InProcess};
-pub use receiver::{Answer, Receiver};
+pub use receiver::{Answer, Received, Receiver};
 pub use server::Server;
 pub use sse::{parse_block, take_block, take_frame, Frame, RawSse, Sse};
 pub use upstream::{blob, doc, Mode, Upstream, UpstreamState, BIG_BLOB};
