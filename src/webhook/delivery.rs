@@ -50,6 +50,8 @@ pub(crate) struct Worker {
     prev: Option<EventId>,
     /// Messages read from the feed and not yet sent (at most one batch).
     queue: VecDeque<Message>,
+    /// The stored cursor when the worker was started.
+    cursor: Option<Cursor>,
 }
 
 impl Worker {
@@ -57,9 +59,11 @@ impl Worker {
         mgr: Arc<Manager>,
         hook: Arc<Hook>,
         resource: ResourceId,
+        cursor: Option<Cursor>,
         token: CancellationToken,
     ) -> Worker {
         Worker {
+            cursor,
             webhook: hook.id(),
             mgr,
             hook,
@@ -73,12 +77,7 @@ impl Worker {
     /// Where to start: the stored cursor, else the webhook's `from`; and
     /// the `prev` of the first patch.
     async fn start(&self) -> Result<(Resume, Option<EventId>), crate::store::StoreError> {
-        let cursor = self
-            .mgr
-            .store
-            .cursors(&self.webhook)?
-            .get(&self.resource)
-            .copied();
+        let cursor = self.cursor;
         let from = lock(&self.hook.record).spec.from;
         let since = match (cursor, from) {
             (Some(Cursor::Acked(e)), _) => return Ok((Resume::LastEventId(e.0), Some(e))),

@@ -384,13 +384,13 @@ impl Manager {
         // its delete's steps) must not be taken for this one's.
         self.store.delete_webhook(&spec.id).await?;
         if spec.from == Start::Now {
+            let mut cursors = Vec::new();
             for r in self.targets(&spec) {
                 if let Some(head) = self.store.head(&r)? {
-                    self.store
-                        .set_cursor(&spec.id, &r, Some(Cursor::Acked(head.id)))
-                        .await?;
+                    cursors.push((r, Cursor::Acked(head.id)));
                 }
             }
+            self.set_cursors(&spec.id, cursors).await?;
         }
         let record = WebhookRecord {
             created_ms: now_ms(),
@@ -537,6 +537,24 @@ impl Manager {
         Ok(n.min(PENDING_CAP))
     }
 
+    /// Writes many cursors of one webhook, concurrently (in chunks), so
+    /// that they share durable writes; returns once all are durable.
+    async fn set_cursors(
+        &self,
+        webhook: &ResourceId,
+        cursors: Vec<(ResourceId, Cursor)>,
+    ) -> Result<(), StoreError> {
+        for chunk in cursors.chunks(512) {
+            futures_util::future::try_join_all(
+                chunk
+                    .iter()
+                    .map(|(r, c)| self.store.set_cursor(webhook, r, Some(*c))),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Deletes a webhook: its workers end (a request in flight is dropped),
     /// then its record and cursors go. False if there was none.
     pub async fn delete(&self, id: &ResourceId) -> Result<bool, WebhookError> {
@@ -563,11 +581,11 @@ impl Manager {
             resources.extend(self.store.cursors(id)?.into_keys());
             resources.sort();
             resources.dedup();
-            for r in resources {
-                self.store
-                    .set_cursor(id, &r, Some(Cursor::Replay(from)))
-                    .await?;
-            }
+            let cursors = resources
+                .into_iter()
+                .map(|r| (r, Cursor::Replay(from)))
+                .collect();
+            self.set_cursors(id, cursors).await?;
         }
         self.wake.notify_one();
         self.view(id).await
@@ -642,6 +660,26 @@ impl Manager {
                 continue;
             }
             let targets = self.targets(&record.spec);
+            let missing = {
+                let run = lock(&hook.run);
+                targets
+                    .iter()
+                    .any(|r| run.workers.get(r).is_none_or(|h| h.is_finished()))
+            };
+            // Read once for every worker started now: no cursor of theirs
+            // moves meanwhile (their writers are these workers, and replay,
+            // which waits for `admin`).
+            let stored = if missing {
+                match self.store.cursors(&record.spec.id) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(webhook = %record.spec.id, error = %e, "cannot read the webhook's cursors");
+                        continue;
+                    }
+                }
+            } else {
+                BTreeMap::new()
+            };
             let mut finished = Vec::new();
             {
                 let mut run = lock(&hook.run);
@@ -658,6 +696,7 @@ impl Manager {
                             self.clone(),
                             hook.clone(),
                             r.clone(),
+                            stored.get(r).copied(),
                             run.token.clone(),
                         );
                         run.workers.insert(r.clone(), tokio::spawn(w.run()));
