@@ -707,6 +707,7 @@ impl Manager {
             // created later under its name starts afresh.
             for r in finished {
                 if self.store.resource(&r).is_none() {
+                    lock(&hook.retrying).remove(&r);
                     if let Err(e) = self.store.set_cursor(&record.spec.id, &r, None).await {
                         tracing::warn!(webhook = %record.spec.id, resource = %r, error = %e, "could not remove the cursor of a deleted resource");
                     }

@@ -509,6 +509,24 @@ async fn issue_13_bad_bodies_get_clear_errors_and_the_read_token_may_only_read()
     )
     .await;
     r.error_code(400, "bad_request");
+    let r = send(
+        client()
+            .get(s.url("/v1/webhooks/h/nope"))
+            .bearer_auth("full"),
+    )
+    .await;
+    r.error_code(404, "not_found");
+    let r = send(client().put(s.url("/v1/webhooks")).bearer_auth("full")).await;
+    r.error_code(405, "method_not_allowed");
+    let r = send(
+        client()
+            .get(s.url("/v1/webhooks/a%2Fb"))
+            .bearer_auth("full"),
+    )
+    .await;
+    r.error_code(400, "bad_request");
+    let r = send(client().get(s.url("/v1/webhooks"))).await;
+    r.error_code(401, "unauthorized");
     s.stop().await;
 }
 
