@@ -136,6 +136,7 @@ pub struct Core {
     /// documents to `Registry::ingest` faster than polling could).
     pub registry: Arc<Registry>,
     store: Store,
+    webhooks: Arc<crate::webhook::Manager>,
 }
 
 /// See [`Core`]. `ingest` is the runtime pollers and appends run on.
@@ -208,14 +209,28 @@ pub async fn assemble(
             keep_alive: limits.keep_alive,
             ..FeedConfig::default()
         },
-        shutdown,
+        shutdown: shutdown.clone(),
     };
+    let webhooks = crate::webhook::Manager::new(crate::webhook::Parts {
+        store: store.clone(),
+        hub: hub.clone(),
+        feed: feed.clone(),
+        settings: config.webhooks.clone(),
+        allow_private: config.allow_private_upstreams,
+        shutdown,
+    })
+    .context("loading the webhooks")?;
+    webhooks
+        .apply_config(&config.webhook_tables)
+        .await
+        .context("registering the configured webhooks")?;
     let state = AppState {
         service: Arc::new(Service::new(
             registry.clone(),
             hub,
             feed,
             limits.max_connections,
+            webhooks.clone(),
         )),
         auth: Arc::new(Auth {
             token: config.token.clone(),
@@ -226,6 +241,7 @@ pub async fn assemble(
         state,
         registry,
         store,
+        webhooks,
     })
 }
 
@@ -233,6 +249,7 @@ pub async fn assemble(
 pub struct Tasks {
     compactor: tokio::task::JoinHandle<()>,
     reaper: tokio::task::JoinHandle<()>,
+    webhooks: tokio::task::JoinHandle<()>,
 }
 
 impl Tasks {
@@ -240,6 +257,7 @@ impl Tasks {
     pub async fn join(self) {
         let _ = self.compactor.await;
         let _ = self.reaper.await;
+        let _ = self.webhooks.await;
     }
 }
 
@@ -249,13 +267,14 @@ impl Core {
         &self.store
     }
 
-    /// Starts every poller, the compactor (every `compact_every`) and the
-    /// proxy reaper.
+    /// Starts every poller, the compactor (every `compact_every`), the
+    /// proxy reaper and the webhooks' deliveries.
     pub fn start_tasks(&self, compact_every: Duration) -> Tasks {
         self.registry.start_all();
         Tasks {
             reaper: self.registry.spawn_proxy_reaper(),
             compactor: self.registry.spawn_compactor(compact_every),
+            webhooks: self.webhooks.start(),
         }
     }
 }
@@ -271,7 +290,11 @@ pub async fn start(
     let limits = &config.limits;
     let ingest = IngestRuntime::start().context("starting the ingest thread")?;
     let core = assemble(&config, demo, shutdown.clone(), ingest.handle.clone()).await?;
-    let Tasks { compactor, reaper } = core.start_tasks(limits.compact_every);
+    let Tasks {
+        compactor,
+        reaper,
+        webhooks,
+    } = core.start_tasks(limits.compact_every);
     let storage_failed = Arc::new(std::sync::OnceLock::new());
     let watchdog =
         spawn_storage_watchdog(core.store.clone(), shutdown.clone(), storage_failed.clone());
@@ -301,6 +324,7 @@ pub async fn start(
         store: core.store,
         compactor,
         reaper,
+        webhooks,
         watchdog,
         storage_failed,
         shutdown,
@@ -324,6 +348,8 @@ struct Serving {
     store: Store,
     compactor: tokio::task::JoinHandle<()>,
     reaper: tokio::task::JoinHandle<()>,
+    /// Ends once every webhook worker has (they end on `shutdown`).
+    webhooks: tokio::task::JoinHandle<()>,
     watchdog: tokio::task::JoinHandle<()>,
     /// Set by the watchdog when it gave up on the storage.
     storage_failed: Arc<std::sync::OnceLock<String>>,
@@ -345,6 +371,7 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
         store,
         compactor,
         reaper,
+        webhooks,
         watchdog,
         storage_failed,
         shutdown,
@@ -434,6 +461,7 @@ async fn accept_loop(s: Serving) -> anyhow::Result<()> {
     registry.stop_all().await;
     let _ = compactor.await;
     let _ = reaper.await;
+    let _ = webhooks.await;
     let _ = watchdog.await;
     let flushed = store.flush().await;
     drop(ingest);

@@ -182,6 +182,11 @@ pub struct Config {
     /// The `[[resource]]` tables in file order, each through
     /// [`ResourceSpec::validate`]; ids are unique.
     pub resources: Vec<ResourceSpec>,
+    /// `[webhooks]`: how webhooks are delivered.
+    pub webhooks: crate::webhook::WebhookSettings,
+    /// The `[[webhook]]` tables in file order, each through the webhook
+    /// validator (`webhook::spec`); ids are unique.
+    pub webhook_tables: Vec<crate::webhook::WebhookConfig>,
 }
 
 impl Default for Config {
@@ -196,6 +201,8 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             cluster: None,
             resources: Vec::new(),
+            webhooks: crate::webhook::WebhookSettings::default(),
+            webhook_tables: Vec::new(),
         }
     }
 }
@@ -247,6 +254,9 @@ struct RawConfig {
     cluster: Option<RawCluster>,
     #[serde(default, rename = "resource")]
     resources: Vec<RawResource>,
+    webhooks: Option<crate::webhook::spec::RawSettings>,
+    #[serde(default, rename = "webhook")]
+    webhook_tables: Vec<crate::webhook::WebhookInput>,
 }
 
 #[derive(Deserialize, Default)]
@@ -497,6 +507,25 @@ impl Config {
             }
             c.resources.push(spec);
         }
+        c.webhooks = crate::webhook::spec::settings(raw.webhooks.unwrap_or_default())
+            .map_err(|e| invalid(format!("webhooks.{}", e.field), e.message))?;
+        let mut seen = HashSet::new();
+        for (i, w) in raw.webhook_tables.into_iter().enumerate() {
+            let key = |k: &str| format!("webhook[{i}].{k}");
+            if w.id.is_none() {
+                return Err(invalid(
+                    key("id"),
+                    "missing: a configured webhook needs an id",
+                ));
+            }
+            let (spec, secret_given) =
+                crate::webhook::spec::validate(w).map_err(|e| invalid(key(e.field), e.message))?;
+            if !seen.insert(spec.id.clone()) {
+                return Err(invalid(key("id"), format!("{} is defined twice", spec.id)));
+            }
+            c.webhook_tables
+                .push(crate::webhook::WebhookConfig { spec, secret_given });
+        }
         Ok(c)
     }
 }
@@ -569,6 +598,42 @@ mod tests {
         assert_eq!(r.headers["Authorization"], "Bearer x");
         assert_eq!(c.limits, Limits::default());
         assert!(!c.proxy.enabled);
+    }
+
+    #[test]
+    fn issue_13_webhook_tables_and_settings_parse_and_name_their_key() {
+        let c = Config::parse(
+            r#"
+            [webhooks]
+            timeout = "2s"
+            retry = ["100ms", "200ms"]
+            max_in_flight = 8
+            [[webhook]]
+            id = "h"
+            url = "http://127.0.0.1:9/hook"
+            resources = ["*"]
+            secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            coalesce = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.webhooks.timeout, Duration::from_secs(2));
+        assert_eq!(c.webhooks.retry.steps().len(), 2);
+        assert_eq!(c.webhooks.max_in_flight, 8);
+        let t = &c.webhook_tables[0];
+        assert!(t.secret_given && t.spec.coalesce);
+        for (text, key) in [
+            ("[webhooks]\ntimeout = \"x\"", "webhooks.timeout"),
+            ("[webhooks]\nmax_in_flight = 0", "webhooks.max_in_flight"),
+            ("[[webhook]]\nurl = \"http://x/\"\nresources = [\"*\"]", "webhook[0].id"),
+            ("[[webhook]]\nid = \"h\"\nresources = [\"*\"]", "webhook[0].url"),
+            ("[[webhook]]\nid = \"h\"\nurl = \"http://x/\"\nresources = [\"*\"]\n[[webhook]]\nid = \"h\"\nurl = \"http://x/\"\nresources = [\"*\"]", "webhook[1].id"),
+            ("[[webhook]]\nid = \"h\"\nurl = \"http://x/\"\nresources = [\"*\"]\nsecret = \"hunter2\"", "webhook[0].secret"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text:?} gave {e:?}, expected it to name {key}");
+            assert!(!e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

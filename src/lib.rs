@@ -15,6 +15,8 @@
 //! - [`Registry`] (resources and their pollers, compactor, proxy) →
 //!   `service` (the operations the API sees) → [`api`] (routes, auth,
 //!   errors).
+//! - [`webhook`]: webhooks out, one durable cursor per (webhook, resource)
+//!   read through `feed`, signed and retried.
 //! - [`app`]: assembly from a [`config::Config`], accept loop, shutdown;
 //!   [`cli`]: the command line.
 pub mod api;
@@ -35,6 +37,7 @@ mod registry;
 mod service;
 pub mod store;
 mod transport;
+pub mod webhook;
 
 pub use poll::fetch;
 pub use registry::Registry;

@@ -17,7 +17,9 @@ use ulid::Ulid;
 mod pages;
 mod settings;
 pub use pages::{PageNext, Pages, PagesInput};
+mod webhook;
 pub use settings::{check_interval, parse_duration, parse_retain, ResourceInput, SettingsError};
+pub use webhook::{Cursor, Resources, Start, WebhookRecord, WebhookSpec};
 
 /// Largest millisecond timestamp a ULID can carry (48 bits).
 pub const MAX_ULID_MS: u64 = (1 << 48) - 1;

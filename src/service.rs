@@ -95,6 +95,8 @@ pub struct Service {
     /// connection cap, so they have their own of the same size.
     ws_slots: Arc<tokio::sync::Semaphore>,
     max_ws_sessions: u32,
+    /// Webhooks out: their own operations (`crate::webhook::Manager`).
+    webhooks: Arc<crate::webhook::Manager>,
 }
 
 impl Service {
@@ -105,8 +107,10 @@ impl Service {
         hub: Arc<Hub>,
         feed: feed::Ctx,
         max_ws_sessions: usize,
+        webhooks: Arc<crate::webhook::Manager>,
     ) -> Service {
         Service {
+            webhooks,
             ws_slots: Arc::new(tokio::sync::Semaphore::new(max_ws_sessions)),
             max_ws_sessions: u32::try_from(max_ws_sessions).unwrap_or(u32::MAX),
             store: feed.store.clone(),
@@ -130,7 +134,14 @@ impl Service {
 
     /// Creates a resource and starts polling it; `Exists` changes nothing.
     pub async fn create_resource(&self, spec: ResourceSpec) -> Result<Created, StoreError> {
-        self.registry.create(spec).await
+        let created = self.registry.create(spec).await;
+        self.webhooks.resources_changed();
+        created
+    }
+
+    /// The webhooks and their operations.
+    pub fn webhooks(&self) -> &Arc<crate::webhook::Manager> {
+        &self.webhooks
     }
 
     /// Every resource, ordered by id.
@@ -156,7 +167,9 @@ impl Service {
                 quarantine,
             });
         }
-        self.registry.delete(id).await
+        let deleted = self.registry.delete(id).await;
+        self.webhooks.resources_changed();
+        deleted
     }
 
     /// The document now (`at` = `None`) or as of a point.

@@ -66,6 +66,15 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// No webhook with that id.
+    #[error("no webhook with id {0:?}")]
+    WebhookNotFound(String),
+    /// `POST /v1/webhooks` with an id that is taken.
+    #[error("a webhook with id {0:?} already exists")]
+    WebhookExists(String),
+    /// A well-formed webhook body with a bad field.
+    #[error("{0}")]
+    InvalidWebhook(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -73,9 +82,12 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::ResourceNotFound(_) | ApiError::NotFound | ApiError::NotYet(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::ResourceNotFound(_)
+            | ApiError::NotFound
+            | ApiError::NotYet(_)
+            | ApiError::WebhookNotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::WebhookExists(_) => StatusCode::CONFLICT,
+            ApiError::InvalidWebhook(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ResourceExists(_)
             | ApiError::PolledResource(_)
@@ -120,6 +132,9 @@ impl ApiError {
             ApiError::TooDeep(_) => "too_deep",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::WebhookNotFound(_) => "webhook_not_found",
+            ApiError::WebhookExists(_) => "webhook_exists",
+            ApiError::InvalidWebhook(_) => "invalid_webhook",
             ApiError::Internal(_) => "internal",
         }
     }

@@ -13,6 +13,7 @@ mod openapi;
 mod ops;
 mod resources;
 mod streamdata;
+mod webhooks;
 mod ws;
 
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub fn router(state: AppState, limits: &HttpLimits) -> Router {
         .merge(streamdata::router())
         .merge(openapi::router())
         .merge(console::router())
+        .merge(webhooks::router())
         // The general body limit on the routes above only: pushed documents
         // are bounded by the upstream body limit, in `ingest` itself.
         .layer(RequestBodyLimitLayer::new(limits.max_request_body))

@@ -56,6 +56,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.service.metrics().render(&state.service.sampled()),
+        {
+            let mut text = state.service.metrics().render(&state.service.sampled());
+            text.push_str(&state.service.webhooks().render_metrics().await);
+            text
+        },
     )
 }

@@ -7,7 +7,9 @@
 //!   snapshots on `.s`, compaction's horizon snapshots on `.h`, and the
 //!   chunks of payloads too large for one message on `.b`;
 //! - KV bucket `<P>_RES`: resource records `r.<hex of the id>`, delete
-//!   tombstones `t.<rkey>`, the rkey allocator `rkey`, the probe `probe`.
+//!   tombstones `t.<rkey>`, the rkey allocator `rkey`, the probe `probe`,
+//!   webhook records `w.<hex of the id>` and their cursors
+//!   `c.<hex of the webhook>.<hex of the resource>`.
 
 use crate::model::ResourceId;
 
@@ -83,6 +85,31 @@ impl Layout {
             k.push_str(&format!("{b:02x}"));
         }
         k
+    }
+
+    /// The KV key of a webhook record: `w.<hex of its id>`.
+    pub(crate) fn webhook_key(id: &ResourceId) -> String {
+        format!("w.{}", &Self::resource_key(id)[2..])
+    }
+
+    /// The KV key of webhook `webhook`'s cursor in `resource`:
+    /// `c.<hex of the webhook>.<hex of the resource>` (hex has no `.`, so
+    /// `c.<hex>.>` is exactly one webhook's cursors).
+    pub(crate) fn cursor_key(webhook: &ResourceId, resource: &ResourceId) -> String {
+        format!(
+            "c.{}.{}",
+            &Self::resource_key(webhook)[2..],
+            &Self::resource_key(resource)[2..]
+        )
+    }
+
+    /// The (webhook, resource) of a [`Layout::cursor_key`].
+    pub(crate) fn ids_of_cursor_key(key: &str) -> Option<(ResourceId, ResourceId)> {
+        let (w, r) = key.strip_prefix("c.")?.split_once('.')?;
+        Some((
+            Self::id_of_key(&format!("r.{w}"))?,
+            Self::id_of_key(&format!("r.{r}"))?,
+        ))
     }
 
     /// The resource id of a [`Layout::resource_key`].

@@ -43,6 +43,10 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use std::collections::BTreeMap;
+
+use crate::log::webhooks;
+use crate::model::{Cursor, WebhookRecord};
 use serde_json::Value;
 use ulid::Ulid;
 
@@ -149,6 +153,10 @@ struct Inner {
     acks: AtomicU64,
     diff_fallbacks: AtomicU64,
     unattributed: Vec<Unattributed>,
+    /// Webhook records and cursors, loaded at open and kept by this node's
+    /// writes (the only writer in this stage, like the resources).
+    webhooks: RwLock<BTreeMap<ResourceId, WebhookRecord>>,
+    cursors: RwLock<BTreeMap<ResourceId, BTreeMap<ResourceId, Cursor>>>,
     /// Values longer than this are stored in chunks of this size. Reads
     /// do not depend on it; tests shrink it so small documents take the
     /// chunk path.
@@ -323,6 +331,8 @@ impl ClusterStore {
                 diff_fallbacks: AtomicU64::new(0),
                 unattributed: Vec::new(),
                 value_max: std::sync::atomic::AtomicUsize::new(codec::INLINE_MAX),
+                webhooks: RwLock::new(BTreeMap::new()),
+                cursors: RwLock::new(BTreeMap::new()),
             }),
         })
     }
@@ -385,8 +395,26 @@ impl ClusterStore {
             };
             resources.insert(id, Arc::new(entry));
         }
+        let mut webhooks = BTreeMap::new();
+        for (key, value) in self.kv_scan("w.>").await? {
+            let r = webhooks::decode_webhook(&value).ok_or_else(|| StoreError::Corrupt {
+                key: format!("KV {key}"),
+            })?;
+            webhooks.insert(r.spec.id.clone(), r);
+        }
+        let mut cursors: BTreeMap<ResourceId, BTreeMap<ResourceId, Cursor>> = BTreeMap::new();
+        for (key, value) in self.kv_scan("c.>").await? {
+            let corrupt = || StoreError::Corrupt {
+                key: format!("KV {key}"),
+            };
+            let (w, r) = Layout::ids_of_cursor_key(&key).ok_or_else(corrupt)?;
+            let c = webhooks::decode_cursor(&value).ok_or_else(corrupt)?;
+            cursors.entry(w).or_default().insert(r, c);
+        }
         let inner = Arc::get_mut(&mut self.inner).expect("not shared during load");
         inner.unattributed = unattributed;
+        *write(&inner.webhooks) = webhooks;
+        *write(&inner.cursors) = cursors;
         *write(&inner.resources) = resources;
         for rkey in tombstones {
             self.purge(rkey).await?;
@@ -1768,5 +1796,85 @@ impl Storage for ClusterStore {
 
     fn diff_budget_exceeded(&self) -> u64 {
         self.inner.diff_fallbacks.load(Ordering::Relaxed)
+    }
+
+    fn put_webhook<'a>(
+        &'a self,
+        record: &'a WebhookRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = Layout::webhook_key(&record.spec.id);
+            self.kv_put(&key, Bytes::from(webhooks::encode_webhook(record)))
+                .await?;
+            write(&self.inner.webhooks).insert(record.spec.id.clone(), record.clone());
+            Ok(())
+        })
+    }
+
+    fn delete_webhook<'a>(&'a self, id: &'a ResourceId) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            if !read(&self.inner.webhooks).contains_key(id) {
+                return Ok(false);
+            }
+            // The record first: a crash between leaves cursors without a
+            // webhook, which nothing reads and the next delete of that id
+            // (or a new webhook of it) overwrites.
+            let r = self.kv_delete(&Layout::webhook_key(id)).await;
+            self.wrote(r)?;
+            write(&self.inner.webhooks).remove(id);
+            let resources: Vec<ResourceId> = read(&self.inner.cursors)
+                .get(id)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            for r in resources {
+                let res = self.kv_delete(&Layout::cursor_key(id, &r)).await;
+                self.wrote(res)?;
+                if let Some(m) = write(&self.inner.cursors).get_mut(id) {
+                    m.remove(&r);
+                }
+            }
+            write(&self.inner.cursors).remove(id);
+            Ok(true)
+        })
+    }
+
+    fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        Ok(read(&self.inner.webhooks).values().cloned().collect())
+    }
+
+    fn cursors(&self, id: &ResourceId) -> Result<BTreeMap<ResourceId, Cursor>, StoreError> {
+        Ok(read(&self.inner.cursors)
+            .get(id)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn set_cursor<'a>(
+        &'a self,
+        webhook: &'a ResourceId,
+        resource: &'a ResourceId,
+        cursor: Option<Cursor>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = Layout::cursor_key(webhook, resource);
+            match cursor {
+                Some(c) => {
+                    self.kv_put(&key, Bytes::from(webhooks::encode_cursor(c)))
+                        .await?;
+                    write(&self.inner.cursors)
+                        .entry(webhook.clone())
+                        .or_default()
+                        .insert(resource.clone(), c);
+                }
+                None => {
+                    let r = self.kv_delete(&key).await;
+                    self.wrote(r)?;
+                    if let Some(m) = write(&self.inner.cursors).get_mut(webhook) {
+                        m.remove(resource);
+                    }
+                }
+            }
+            Ok(())
+        })
     }
 }

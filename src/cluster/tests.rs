@@ -47,3 +47,17 @@ fn issue_14_prop_cluster_log_matches_model() {
         })
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_14_webhooks_and_cursors_survive_a_reopen() {
+    let cluster = NatsCluster::start(3);
+    let cfg = cluster.config(&unique_prefix("hooks"), 3);
+    crate::log::webhooks::tests::check_webhook_storage(&mut || {
+        let cfg = cfg.clone();
+        Box::pin(async move {
+            let s: crate::store::Store = Arc::new(ClusterStore::open(&cfg).await.unwrap());
+            s
+        })
+    })
+    .await;
+}

@@ -17,6 +17,8 @@
 //! | `s` rkey, event ULID, chunk u32 BE    | one chunk of a chunked snapshot     |
 //! | `H` rkey u64 BE                       | horizon ULID; present once compacted|
 //! | `D` rkey u64 BE                       | tombstone: deleted, purge pending   |
+//! | `W` webhook-id bytes                  | webhook record (`webhooks`)         |
+//! | `C` webhook-id, `0x00`, resource-id   | a webhook's cursor in one resource  |
 //!
 //! An `E` or `S` value whose JSON is longer than the store's chunk size is
 //! stored chunked (format version 2): the `E`/`S` value only says how many
@@ -43,6 +45,8 @@ pub(crate) const EVENT_CHUNK: u8 = b'e';
 pub(crate) const SNAPSHOT_CHUNK: u8 = b's';
 pub(crate) const HORIZON: u8 = b'H';
 pub(crate) const TOMBSTONE: u8 = b'D';
+pub(crate) const WEBHOOK: u8 = b'W';
+pub(crate) const CURSOR: u8 = b'C';
 
 /// Length of an event or snapshot key.
 pub(crate) const ENTRY_KEY_LEN: usize = 1 + 8 + 16;
@@ -51,6 +55,29 @@ pub(crate) fn resource(id: &ResourceId) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + id.as_str().len());
     k.push(RESOURCE);
     k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+pub(crate) fn webhook(id: &ResourceId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.as_str().len());
+    k.push(WEBHOOK);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k
+}
+
+/// The prefix of every cursor of webhook `id`: ids never hold `0x00`, so
+/// no other webhook's cursors share it.
+pub(crate) fn cursor_prefix(id: &ResourceId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + id.as_str().len());
+    k.push(CURSOR);
+    k.extend_from_slice(id.as_str().as_bytes());
+    k.push(0);
+    k
+}
+
+pub(crate) fn cursor(webhook: &ResourceId, resource: &ResourceId) -> Vec<u8> {
+    let mut k = cursor_prefix(webhook);
+    k.extend_from_slice(resource.as_str().as_bytes());
     k
 }
 

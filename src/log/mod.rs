@@ -41,6 +41,7 @@ mod keys;
 #[cfg(test)]
 pub(crate) mod tests;
 mod values;
+pub(crate) mod webhooks;
 
 pub use commit::{StorageHealth, FLUSH_STUCK};
 pub use depth::{check_depth, TooDeep, MAX_DOC_DEPTH};

@@ -17,7 +17,9 @@ pub use crate::log::{
     At, Compaction, Created, Edit, Edited, Head, History, LogStatus, Quarantine, ReadAfter,
     StoreError, Unattributed,
 };
-use crate::model::{Event, EventId, Point, ResourceId, ResourceRecord, ResourceSpec};
+use crate::model::{
+    Cursor, Event, EventId, Point, ResourceId, ResourceRecord, ResourceSpec, WebhookRecord,
+};
 
 /// An appended event and the id of the event before it (`None` for the
 /// first): what the hub's prev-id chain needs.
@@ -212,6 +214,43 @@ pub trait Storage: Send + Sync + 'static {
     /// Appends so far whose diff ran out of its work budget and were stored
     /// as one `replace` of the whole document.
     fn diff_budget_exceeded(&self) -> u64;
+
+    // ---- webhooks (`crate::webhook`) ----
+    //
+    // A webhook is its record plus one cursor per resource: nothing else
+    // is stored for it (what it sends is read from the log). Records and
+    // cursors live apart from resources: deleting a resource leaves the
+    // cursors of webhooks in it to the webhooks.
+
+    /// Creates or replaces webhook `record.spec.id`. Durable before return.
+    fn put_webhook<'a>(
+        &'a self,
+        record: &'a WebhookRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Deletes a webhook and every cursor of it; false if there was none.
+    /// Durable before return.
+    fn delete_webhook<'a>(&'a self, id: &'a ResourceId) -> BoxFuture<'a, Result<bool, StoreError>>;
+
+    /// Every webhook, ordered by id.
+    fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError>;
+
+    /// The cursors of webhook `id`, by resource.
+    fn cursors(
+        &self,
+        id: &ResourceId,
+    ) -> Result<std::collections::BTreeMap<ResourceId, Cursor>, StoreError>;
+
+    /// Sets (`Some`) or removes (`None`) the cursor of `webhook` in
+    /// `resource`. Durable before return; concurrent calls may share one
+    /// durable write (a backend should batch them, as sled's group commit
+    /// does).
+    fn set_cursor<'a>(
+        &'a self,
+        webhook: &'a ResourceId,
+        resource: &'a ResourceId,
+        cursor: Option<Cursor>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 }
 
 impl Storage for crate::log::Store {
@@ -354,5 +393,38 @@ impl Storage for crate::log::Store {
 
     fn diff_budget_exceeded(&self) -> u64 {
         crate::log::Store::diff_budget_exceeded(self)
+    }
+
+    fn put_webhook<'a>(
+        &'a self,
+        record: &'a WebhookRecord,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(crate::log::Store::put_webhook(self, record))
+    }
+
+    fn delete_webhook<'a>(&'a self, id: &'a ResourceId) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(crate::log::Store::delete_webhook(self, id))
+    }
+
+    fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        crate::log::Store::webhooks(self)
+    }
+
+    fn cursors(
+        &self,
+        id: &ResourceId,
+    ) -> Result<std::collections::BTreeMap<ResourceId, Cursor>, StoreError> {
+        crate::log::Store::cursors(self, id)
+    }
+
+    fn set_cursor<'a>(
+        &'a self,
+        webhook: &'a ResourceId,
+        resource: &'a ResourceId,
+        cursor: Option<Cursor>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(crate::log::Store::set_cursor(
+            self, webhook, resource, cursor,
+        ))
     }
 }

@@ -13,6 +13,8 @@
 //! - `sse`: one SSE parser (`take_block`, `parse_block`) under two clients:
 //!   `Sse` (any body stream: reqwest or an in-process response) and
 //!   `RawSse` (a raw socket that reads only when asked);
+//! - `receiver`: a loopback webhook receiver with scripted answers, and
+//!   signature checks by the reference Standard Webhooks implementation;
 //! - `http`: clients, raw-socket requests, `Reply`, `eventually`, metrics.
 //!
 //! Every wait is bounded; every process started here is ended by its pid.
@@ -23,12 +25,14 @@
 pub mod binary;
 pub mod http;
 pub mod inproc;
+pub mod receiver;
 pub mod server;
 pub mod sse;
 pub mod upstream;
 
 pub use http::*;
 pub use inproc::{hold_clock, App, InProcess};
+pub use receiver::{Answer, Received, Receiver};
 pub use server::Server;
 pub use sse::{parse_block, take_block, take_frame, Frame, RawSse, Sse};
 pub use upstream::{blob, doc, Mode, Upstream, UpstreamState, BIG_BLOB};

@@ -18,4 +18,6 @@ mod paused;
 mod store_integrity;
 mod stream;
 mod support;
+mod webhook_crash;
+mod webhooks;
 mod ws;
