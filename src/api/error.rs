@@ -66,6 +66,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// `?path=` is not a JSON Pointer.
+    #[error("invalid path: {0}")]
+    InvalidPath(String),
+    /// `document?path=`: the document has no value at the pointer.
+    #[error("the document has no value at path {0:?}")]
+    PathNotFound(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -73,9 +79,10 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::ResourceNotFound(_) | ApiError::NotFound | ApiError::NotYet(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::ResourceNotFound(_)
+            | ApiError::NotFound
+            | ApiError::NotYet(_)
+            | ApiError::PathNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::ResourceExists(_)
             | ApiError::PolledResource(_)
@@ -84,7 +91,7 @@ impl ApiError {
             ApiError::PatchFailed(_) | ApiError::TooDeep(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidResource(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Compacted { .. } => StatusCode::GONE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -120,6 +127,8 @@ impl ApiError {
             ApiError::TooDeep(_) => "too_deep",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::InvalidPath(_) => "invalid_path",
+            ApiError::PathNotFound(_) => "path_not_found",
             ApiError::Internal(_) => "internal",
         }
     }

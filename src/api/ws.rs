@@ -22,7 +22,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{resume, ResumeQuery};
+use super::events::{resume, PathQuery, ResumeQuery};
 use super::{ApiError, AppState, Known, Q};
 use crate::feed::Feed;
 use crate::transport::json;
@@ -38,15 +38,17 @@ async fn get_ws(
     State(state): State<AppState>,
     Known(id): Known,
     Q(q): Q<ResumeQuery>,
+    Q(p): Q<PathQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let from = resume(&headers, &q)?;
+    let path = p.pointer()?;
     let slot = state
         .service
         .ws_slot()
         .ok_or(ApiError::TooManyConnections)?;
-    let feed = state.service.subscribe(&id, from)?;
+    let feed = state.service.subscribe_subtree(&id, from, path)?;
     let keep_alive = state.service.keep_alive();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_FRAME)
