@@ -16,5 +16,6 @@ mod openapi;
 mod paused;
 mod store_integrity;
 mod stream;
+mod subtree;
 mod support;
 mod ws;

@@ -19,7 +19,7 @@ use super::*;
 use crate::feed::{Ctx, Feed, FeedConfig, Message, Resume};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::model::{ResourceId, ResourceSpec};
+use crate::model::{Event, EventId, ResourceId, ResourceSpec};
 
 /// Keys and tokens from one small alphabet, so pointers often hit; `a/b`
 /// and `t~` exercise escaping.
@@ -512,4 +512,59 @@ proptest! {
         let before = before.min(docs.len());
         feed_case(docs, before, start, p, drop_mask)?;
     }
+}
+
+#[test]
+fn a_live_event_is_rewritten_once_per_pointer_and_shared() {
+    let e = Event {
+        id: EventId(Ulid::from_parts(1, 1)),
+        patch: bytes::Bytes::from_static(br#"[{"op":"replace","path":"/a/x","value":2}]"#),
+    };
+    let p = crate::hub::Published::new(e, Some(EventId(Ulid::from_parts(1, 0))));
+    let (before, after) = (
+        json!({"a": {"x": 1}, "b": 0}),
+        json!({"a": {"x": 2}, "b": 0}),
+    );
+    let a = Pointer::parse("/a").unwrap().unwrap();
+    let b = Pointer::parse("/b").unwrap().unwrap();
+    let first = rewrite(&p, &a, Some(&before), &after).unwrap();
+    let second = rewrite(&p, &a, Some(&before), &after).unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "one rewrite per (event, pointer)"
+    );
+    assert_eq!(
+        &first.event.patch[..],
+        br#"[{"op":"replace","path":"/x","value":2}]"#
+    );
+    assert_eq!(first.event.id, p.event.id);
+    assert!(rewrite(&p, &b, Some(&before), &after).is_none());
+    // Past the bound, still correct, just not kept.
+    for i in 0..MAX_CACHED_POINTERS + 3 {
+        let q = Pointer::parse(&format!("/a/{i}")).unwrap().unwrap();
+        assert!(rewrite(&p, &q, Some(&before), &after).is_none());
+    }
+    assert!(p.subtrees.slots.lock().unwrap().len() <= MAX_CACHED_POINTERS);
+}
+
+#[test]
+fn versions_are_kept_only_while_watched_and_bounded() {
+    let v = Arc::new(Versions::default());
+    let doc = Arc::new(json!({"n": 1}));
+    let id = |n: u64| EventId(Ulid::from_parts(n, 0));
+    v.record(id(1), &doc);
+    assert!(v.get(id(1)).is_none(), "nobody watches: nothing kept");
+    let guard = v.watch();
+    for n in 1..=(RECENT_VERSIONS as u64 + 4) {
+        v.record(id(n), &Arc::new(json!({ "n": n })));
+    }
+    assert!(v.get(id(1)).is_none(), "the oldest fall out");
+    let newest = RECENT_VERSIONS as u64 + 4;
+    assert_eq!(v.get(id(newest)).as_deref(), Some(&json!({ "n": newest })));
+    assert_eq!(v.recent.lock().unwrap().len(), RECENT_VERSIONS);
+    drop(guard);
+    assert!(
+        v.get(id(newest)).is_none(),
+        "released with the last watcher"
+    );
 }
