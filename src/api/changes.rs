@@ -118,25 +118,38 @@ async fn long_poll(
     timeout: Duration,
     limit: usize,
 ) -> Result<Response, ApiError> {
-    let mut batch = feed.next().await.unwrap_or_default();
-    if !batch.iter().any(|m| json::id(m).is_some()) {
+    let batch = feed.next().await.unwrap_or_default();
+    if batch.iter().any(|m| json::id(m).is_some()) {
+        let body = answer(&feed, batch, limit);
+        return Ok(json_response(Body::from(body)));
+    }
+    // Nothing yet: the head goes out now and the answer when something
+    // happens. `limits.request_timeout` bounds the time to a response head,
+    // so a wait the client may ask for (up to 60 s) is never cut into a 408.
+    let service = state.service.clone();
+    let body = futures_util::stream::once(async move {
         let deadline = tokio::time::Instant::now() + timeout;
-        batch = loop {
+        let batch = loop {
             match tokio::time::timeout_at(deadline, feed.next()).await {
                 // Ended: deleted or shutting down; the next request says which.
                 Ok(None) => break Vec::new(),
                 Ok(Some(b)) if b.iter().all(|m| matches!(m, Message::KeepAlive)) => continue,
                 Ok(Some(b)) => break b,
                 Err(_) => {
-                    break state
-                        .service
+                    break service
                         .last_error(feed.resource())
                         .map(|e| vec![Message::Error(std::sync::Arc::new(e))])
                         .unwrap_or_default();
                 }
             }
         };
-    }
+        Ok::<Bytes, std::convert::Infallible>(answer(&feed, batch, limit))
+    });
+    Ok(json_response(Body::from_stream(body)))
+}
+
+/// The long-poll answer of `batch` (at most `limit` messages).
+fn answer(feed: &Feed, mut batch: Vec<Message>, limit: usize) -> Bytes {
     batch.truncate(limit);
     let last = batch.iter().rev().find_map(json::id).or(feed.cursor());
     let mut out = BytesMut::with_capacity(64 + batch.len() * 64);
@@ -157,7 +170,11 @@ async fn long_poll(
         None => out.put_slice(b"null"),
     }
     out.put_u8(b'}');
-    Ok((
+    out.freeze()
+}
+
+fn json_response(body: Body) -> Response {
+    (
         [
             (
                 header::CONTENT_TYPE,
@@ -165,9 +182,9 @@ async fn long_poll(
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        out.freeze(),
+        body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// One message per line; an empty line as heartbeat. Ends with the feed
