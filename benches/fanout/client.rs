@@ -496,6 +496,39 @@ async fn read_head(
     }
 }
 
+/// A whole chunked body read from `sock` (after the head, `raw` holding
+/// what was read past it); `None` if the socket ended first.
+async fn read_chunked(
+    sock: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    totals: &RefCell<Totals>,
+) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        // Every whole chunk in `raw`.
+        while let Some(e) = find(raw, b"\r\n") {
+            let hex = raw[..e].split(|b| *b == b';').next().unwrap_or(b"");
+            let size = usize::from_str_radix(std::str::from_utf8(hex).ok()?.trim(), 16).ok()?;
+            if raw.len() < e + 2 + size + 2 {
+                break;
+            }
+            body.extend_from_slice(&raw[e + 2..e + 2 + size]);
+            raw.drain(..e + 2 + size + 2);
+            if size == 0 {
+                return Some(body);
+            }
+        }
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => {
+                totals.borrow_mut().bytes += n as u64;
+                raw.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+}
+
 /// A WebSocket session: the handshake, then one JSON message per text
 /// frame; pings are answered (a masked, empty pong), so the server keeps
 /// an idle session.
@@ -626,25 +659,34 @@ async fn long_poll_connection(
             totals.borrow_mut().ok += 1;
             first = false;
         }
-        let len = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        while raw.len() < len {
-            match sock.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    totals.borrow_mut().bytes += n as u64;
-                    raw.extend_from_slice(&buf[..n]);
+        // An answer at once has a length; one that waited is chunked
+        // (its head went out first).
+        let body = if head.contains("transfer-encoding: chunked") {
+            match read_chunked(&mut sock, &mut raw, &totals).await {
+                Some(b) => b,
+                None => break,
+            }
+        } else {
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            while raw.len() < len {
+                match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        totals.borrow_mut().bytes += n as u64;
+                        raw.extend_from_slice(&buf[..n]);
+                    }
                 }
             }
-        }
-        if raw.len() < len {
-            break;
-        }
+            if raw.len() < len {
+                break;
+            }
+            raw.drain(..len).collect()
+        };
         let now = now_ns();
-        let body: Vec<u8> = raw.drain(..len).collect();
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
             break;
         };
