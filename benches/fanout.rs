@@ -19,8 +19,13 @@
 //! after a fetch), for nchan the POST to its publisher, whose body is the
 //! very patch text patchfeed sends. Latency = receipt − that time.
 //!
+//! - `--transports sse,ws,longpoll`: the `fanout N` scenarios over each of
+//!   patchfeed's transports in turn (SSE events, WebSocket, long-poll; nchan
+//!   only over SSE), named `fanout N ws` etc., with their own table.
+//!
 //! Run: `cargo bench --bench fanout` (options after `--`: `--secs 30
-//! --rate 100 --subs 10000,1000 --replay 100000 --rounds 1 --only both`).
+//! --rate 100 --subs 10000,1000 --replay 100000 --rounds 1 --only both
+//! --transports sse`).
 
 #[path = "fanout/client.rs"]
 mod client;
@@ -74,6 +79,8 @@ struct Opts {
     rounds: usize,
     patchfeed: bool,
     nchan: bool,
+    /// Transports of the fan-out scenarios: `sse`, `ws`, `longpoll`.
+    transports: Vec<String>,
 }
 
 impl Opts {
@@ -86,6 +93,7 @@ impl Opts {
             rounds: 1,
             patchfeed: true,
             nchan: true,
+            transports: vec!["sse".into()],
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -103,6 +111,12 @@ impl Opts {
                 }
                 "--replay" => o.replay = v.parse().unwrap(),
                 "--rounds" => o.rounds = v.parse().unwrap(),
+                "--transports" => {
+                    o.transports = v.split(',').map(str::to_owned).collect();
+                    for t in &o.transports {
+                        client::Transport::parse(t);
+                    }
+                }
                 "--only" => {
                     o.patchfeed = v == "patchfeed" || v == "both";
                     o.nchan = v == "nchan" || v == "both";
@@ -146,10 +160,12 @@ impl Sys {
         }
     }
 
-    fn sub_path(&self, chan: &str) -> String {
-        match self {
-            Sys::Patchfeed { .. } => format!("/v1/resources/{chan}/events"),
-            Sys::Nchan { .. } => format!("/sub/{chan}"),
+    fn sub_path(&self, chan: &str, transport: &str) -> String {
+        match (self, transport) {
+            (Sys::Patchfeed { .. }, "ws") => format!("/v1/resources/{chan}/ws"),
+            (Sys::Patchfeed { .. }, "longpoll") => format!("/v1/resources/{chan}/changes"),
+            (Sys::Patchfeed { .. }, _) => format!("/v1/resources/{chan}/events"),
+            (Sys::Nchan { .. }, _) => format!("/sub/{chan}"),
         }
     }
 
@@ -302,6 +318,7 @@ struct Env {
     replay: bool,
     wait_first_event: bool,
     deadline: Duration,
+    transport: String,
 }
 
 struct Child {
@@ -323,6 +340,7 @@ fn spawn_clients(conns: usize, env: &Env) -> Vec<Child> {
                 .env("FANOUT_CONNS", n.to_string())
                 .env("FANOUT_FIRST", env.first.to_string())
                 .env("FANOUT_DEADLINE_SECS", env.deadline.as_secs().to_string())
+                .env("FANOUT_TRANSPORT", &env.transport)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .kill_on_drop(true);
@@ -395,12 +413,13 @@ type Row = BTreeMap<&'static str, f64>;
 
 const MB: f64 = 1024.0 * 1024.0;
 
-async fn fanout(sys: &Sys, chan: &str, subs: usize, o: &Opts) -> Row {
+async fn fanout(sys: &Sys, chan: &str, subs: usize, o: &Opts, transport: &str) -> Row {
     let mut d = sys.prepare(chan, true).await;
     let (rss0, pss0) = sys.memory();
     let env = Env {
+        transport: transport.to_owned(),
         addr: sys.addr(),
-        path: sys.sub_path(chan),
+        path: sys.sub_path(chan, transport),
         first: 1,
         last: None,
         last_event_id: None,
@@ -529,8 +548,9 @@ async fn replay(sys: &Sys, chan: &str, o: &Opts) -> Row {
     });
     let fill_s = fill.elapsed().as_secs_f64();
     let env = Env {
+        transport: "sse".into(),
         addr: sys.addr(),
-        path: sys.sub_path(chan),
+        path: sys.sub_path(chan, "sse"),
         first: 2,
         last: Some(o.replay),
         last_event_id: Some(first_id.expect("first event id")),
@@ -690,6 +710,53 @@ fn report(res: &Results, o: &Opts) {
     }
 }
 
+/// patchfeed's transports side by side: one column per transport, the
+/// same metrics (medians over rounds; idle memory from the first round).
+fn report_transports(res: &Results, o: &Opts) {
+    const KEYS: &[&str] = &[
+        "connected",
+        "held",
+        "gaps",
+        "dups",
+        "id_errors",
+        "published_per_s",
+        "delivered_per_s",
+        "lat_p50_ms",
+        "lat_p99_ms",
+        "lat_max_ms",
+        "idle_kb_per_sub_rss",
+        "rss_before_mb",
+        "rss_idle_mb",
+        "rss_peak_mb",
+    ];
+    for &n in &o.subs {
+        println!(
+            "\n### patchfeed transports, {n} subscribers (medians of {} round(s))\n",
+            o.rounds
+        );
+        print!("| metric |");
+        for t in &o.transports {
+            print!(" {t} |");
+        }
+        print!("\n|---|");
+        for _ in &o.transports {
+            print!("---:|");
+        }
+        println!();
+        for k in KEYS {
+            print!("| {k} |");
+            for t in &o.transports {
+                let scenario = match t.as_str() {
+                    "sse" => format!("fanout {n}"),
+                    _ => format!("fanout {n} {t}"),
+                };
+                print!(" {} |", fmt(med(res, &scenario, "patchfeed", k)));
+            }
+            println!();
+        }
+    }
+}
+
 async fn run(o: Opts) {
     let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
     std::fs::create_dir_all(&base).unwrap();
@@ -732,15 +799,26 @@ async fn run(o: Opts) {
     let t0 = Instant::now();
     for round in 0..o.rounds {
         for &subs in &o.subs {
-            for sys in &systems {
-                let chan = format!("fan{round}n{subs}");
-                let row = fanout(sys, &chan, subs, &o).await;
-                eprintln!("round {round} fanout {subs} {}: {row:?}", sys.name());
-                res.entry(format!("fanout {subs}"))
-                    .or_default()
-                    .entry(sys.name())
-                    .or_default()
-                    .push(row);
+            for t in &o.transports {
+                for sys in &systems {
+                    if t != "sse" && !matches!(sys, Sys::Patchfeed { .. }) {
+                        continue;
+                    }
+                    let (chan, scenario) = match t.as_str() {
+                        "sse" => (format!("fan{round}n{subs}"), format!("fanout {subs}")),
+                        _ => (
+                            format!("fan{round}n{subs}{t}"),
+                            format!("fanout {subs} {t}"),
+                        ),
+                    };
+                    let row = fanout(sys, &chan, subs, &o, t).await;
+                    eprintln!("round {round} {scenario} {}: {row:?}", sys.name());
+                    res.entry(scenario)
+                        .or_default()
+                        .entry(sys.name())
+                        .or_default()
+                        .push(row);
+                }
             }
         }
         if o.replay > 1 {
@@ -758,6 +836,9 @@ async fn run(o: Opts) {
     }
     eprintln!("total {:.0} s", t0.elapsed().as_secs_f64());
     report(&res, &o);
+    if o.transports.iter().any(|t| t != "sse") {
+        report_transports(&res, &o);
+    }
     drop(systems);
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), running.wait()).await;

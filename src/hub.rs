@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
+use serde_json::Value;
+
+use crate::feed::subtree::{Projections, Versions};
 use crate::model::{Event, EventId, ResourceId};
 
 /// An upstream failure as shown to clients (`event: error`, `last_error`).
@@ -61,6 +64,9 @@ pub struct Published {
     /// The resource's previous event id; `None` for its first event.
     pub prev: Option<EventId>,
     frames: [OnceLock<Bytes>; Encoding::COUNT],
+    /// The event as seen by subtree (`?path=`) subscribers, once per
+    /// pointer.
+    pub(crate) subtrees: Projections,
 }
 
 impl Published {
@@ -69,6 +75,7 @@ impl Published {
             event,
             prev,
             frames: Default::default(),
+            subtrees: Projections::default(),
         }
     }
 
@@ -92,7 +99,14 @@ pub enum Notice {
 /// when the resource is deleted.
 pub struct Hub {
     capacity: usize,
-    channels: Mutex<HashMap<ResourceId, broadcast::Sender<Notice>>>,
+    channels: Mutex<HashMap<ResourceId, Channel>>,
+}
+
+/// One resource's channel, and its newest documents while it has subtree
+/// subscribers.
+struct Channel {
+    tx: broadcast::Sender<Notice>,
+    versions: Arc<Versions>,
 }
 
 impl Hub {
@@ -103,11 +117,22 @@ impl Hub {
         }
     }
 
-    fn sender(&self, id: &ResourceId) -> broadcast::Sender<Notice> {
+    fn channel<T>(&self, id: &ResourceId, f: impl FnOnce(&Channel) -> T) -> T {
         let mut ch = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        ch.entry(id.clone())
-            .or_insert_with(|| broadcast::channel(self.capacity).0)
-            .clone()
+        f(ch.entry(id.clone()).or_insert_with(|| Channel {
+            tx: broadcast::channel(self.capacity).0,
+            versions: Arc::default(),
+        }))
+    }
+
+    fn sender(&self, id: &ResourceId) -> broadcast::Sender<Notice> {
+        self.channel(id, |c| c.tx.clone())
+    }
+
+    /// The newest documents of `id`, kept while a subtree feed watches
+    /// them (`Versions::watch`).
+    pub fn versions(&self, id: &ResourceId) -> Arc<Versions> {
+        self.channel(id, |c| c.versions.clone())
     }
 
     pub fn subscribe(&self, id: &ResourceId) -> broadcast::Receiver<Notice> {
@@ -121,6 +146,23 @@ impl Hub {
             .send(Notice::Event(Arc::new(Published::new(event, prev))));
     }
 
+    /// [`Hub::publish`] with the document the event produced (`None` if
+    /// unknown), kept for subtree subscribers if there are any. Never
+    /// blocks.
+    pub fn publish_version(
+        &self,
+        id: &ResourceId,
+        event: Event,
+        prev: Option<EventId>,
+        doc: Option<Arc<Value>>,
+    ) {
+        let (tx, versions) = self.channel(id, |c| (c.tx.clone(), c.versions.clone()));
+        if let Some(doc) = &doc {
+            versions.record(event.id, doc);
+        }
+        let _ = tx.send(Notice::Event(Arc::new(Published::new(event, prev))));
+    }
+
     pub fn publish_error(&self, id: &ResourceId, err: UpstreamError) {
         let _ = self.sender(id).send(Notice::Error(Arc::new(err)));
     }
@@ -132,8 +174,8 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
-        if let Some(tx) = tx {
-            let _ = tx.send(Notice::Deleted);
+        if let Some(c) = tx {
+            let _ = c.tx.send(Notice::Deleted);
         }
     }
 
@@ -143,7 +185,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
-            .map_or(0, |tx| tx.receiver_count())
+            .map_or(0, |c| c.tx.receiver_count())
     }
 
     /// Open subscriptions to all resources.
@@ -152,7 +194,7 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|tx| tx.receiver_count())
+            .map(|c| c.tx.receiver_count())
             .sum()
     }
 }

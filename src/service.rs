@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::feed::subtree::Pointer;
 use crate::feed::{self, Feed, Resume};
 use crate::hub::{Hub, UpstreamError};
 use crate::metrics::{Metrics, Sampled};
@@ -198,6 +199,31 @@ impl Service {
         })
     }
 
+    /// [`Service::document`] narrowed to the value at `path`; `Ok(None)`
+    /// where the point has a version but no value at `path`.
+    pub async fn document_subtree(
+        &self,
+        id: &ResourceId,
+        at: Option<Point>,
+        path: &Pointer,
+    ) -> Result<Option<Document>, StoreError> {
+        let (event, doc) = match at {
+            None => match self.store.head(id)? {
+                Some(h) => (h.id, h.doc),
+                None => return Ok(Some(Document::NotYet)),
+            },
+            Some(p) => match self.store.document_at(id, p).await? {
+                At::Found { id, doc } => (id, doc),
+                At::NotYet => return Ok(Some(Document::NotYet)),
+                At::Compacted { horizon } => return Ok(Some(Document::Compacted { horizon })),
+            },
+        };
+        Ok(path.get(&doc).map(|_| Document::Found {
+            id: event,
+            json: path.snapshot(&doc),
+        }))
+    }
+
     /// Poll `id` now (coalesced with a poll in flight, spaced, back-off
     /// reset: `poll::poller`).
     pub fn poll_now(&self, id: &ResourceId) -> Result<PollNow, StoreError> {
@@ -275,11 +301,98 @@ impl Service {
         self.store.history(id, after, before, limit).await
     }
 
+    /// [`Service::history`] of the value at `path`: the page's events that
+    /// change it, rewritten relative to it (`next_after` as for the whole
+    /// document, so a page may hold fewer than `limit` events, even none).
+    pub async fn history_subtree(
+        &self,
+        id: &ResourceId,
+        after: Option<Point>,
+        before: Option<Point>,
+        limit: usize,
+        path: &Pointer,
+    ) -> Result<History, StoreError> {
+        let (events, next_after) = match self.store.history(id, after, before, limit).await? {
+            History::Events { events, next_after } => (events, next_after),
+            compacted @ History::Compacted { .. } => return Ok(compacted),
+        };
+        let Some(first) = events.first() else {
+            return Ok(History::Events { events, next_after });
+        };
+        // The document before the first event; unknown when that event is
+        // the horizon of a compacted log (its change then shows as the
+        // whole value after it).
+        let before_first = EventId(ulid::Ulid(first.id.0 .0.saturating_sub(1)));
+        let mut doc = match self
+            .store
+            .document_at(id, Point::Id(before_first.0))
+            .await?
+        {
+            At::Found { doc, .. } => Some(doc),
+            At::NotYet => Some(Arc::new(serde_json::Value::Null)),
+            At::Compacted { .. } => None,
+        };
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            let ops: json_patch::Patch =
+                serde_json::from_slice(&e.patch).map_err(|_| StoreError::Corrupt {
+                    key: format!("patch of event {} of {id}", e.id),
+                })?;
+            let before = doc.as_ref().and_then(|d| path.get(d)).cloned();
+            let known = doc.is_some();
+            let d = match &mut doc {
+                Some(d) => {
+                    let d = Arc::make_mut(d);
+                    crate::diff::apply_or_discard(d, &ops.0)
+                        .map_err(|source| StoreError::BadPatch { at: e.id, source })?;
+                    d
+                }
+                None => {
+                    let At::Found { doc: d, .. } =
+                        self.store.document_at(id, Point::Id(e.id.0)).await?
+                    else {
+                        continue;
+                    };
+                    Arc::make_mut(doc.insert(d))
+                }
+            };
+            let after = path.get(d);
+            let patch = if known {
+                feed::subtree::project(path, before.as_ref(), &ops.0, after)
+            } else {
+                Some(feed::subtree::replace_all(after))
+            };
+            if let Some(patch) = patch {
+                out.push(crate::model::Event {
+                    id: e.id,
+                    // Serializing a patch cannot fail.
+                    patch: Bytes::from(serde_json::to_vec(&patch).expect("a patch serializes")),
+                });
+            }
+        }
+        Ok(History::Events {
+            events: out,
+            next_after,
+        })
+    }
+
     /// A feed of `id` from `resume`: subscribed to the hub before anything
     /// is read from the log, with the upstream's current error if it is
     /// failing. A quarantined resource is refused.
     pub fn subscribe(&self, id: &ResourceId, resume: Resume) -> Result<Feed, StoreError> {
-        self.open_feed(id, resume, None, true)
+        self.open_feed(id, resume, None, true, None)
+    }
+
+    /// [`Service::subscribe`] to the value at `path` (`None`: the whole
+    /// document): the same ids and resume rules, snapshots of that value,
+    /// patches relative to it, and only events that change it.
+    pub fn subscribe_subtree(
+        &self,
+        id: &ResourceId,
+        resume: Resume,
+        path: Option<Pointer>,
+    ) -> Result<Feed, StoreError> {
+        self.open_feed(id, resume, None, true, path)
     }
 
     /// [`Service::subscribe`] for one long-poll answer: catch-up pages of at
@@ -291,8 +404,9 @@ impl Service {
         id: &ResourceId,
         resume: Resume,
         page: usize,
+        path: Option<Pointer>,
     ) -> Result<Feed, StoreError> {
-        self.open_feed(id, resume, Some(page), false)
+        self.open_feed(id, resume, Some(page), false, path)
     }
 
     fn open_feed(
@@ -301,6 +415,7 @@ impl Service {
         resume: Resume,
         page: Option<usize>,
         with_error: bool,
+        path: Option<Pointer>,
     ) -> Result<Feed, StoreError> {
         if let Some(quarantine) = self.store.quarantine(id) {
             return Err(StoreError::Quarantined {
@@ -314,7 +429,11 @@ impl Service {
         if let Some(page) = page {
             ctx.config.page = page.max(1);
         }
-        Ok(Feed::new(ctx, id.clone(), rx, resume, failing))
+        let feed = Feed::new(ctx, id.clone(), rx, resume, failing);
+        Ok(match path {
+            Some(p) => feed.with_subtree(p, &self.hub.versions(id)),
+            None => feed,
+        })
     }
 
     /// The upstream's error now, while it is failing.
@@ -338,11 +457,6 @@ impl Service {
     /// The keep-alive period every feed promises.
     pub fn keep_alive(&self) -> std::time::Duration {
         self.feed.config.keep_alive
-    }
-
-    /// The newest durable event id of `id`, if it has one.
-    pub fn head_id(&self, id: &ResourceId) -> Result<Option<EventId>, StoreError> {
-        Ok(self.store.head(id)?.map(|h| h.id))
     }
 
     /// The resource polling `url` with exactly `headers` (marked as in use),

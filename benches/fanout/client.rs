@@ -1,5 +1,8 @@
 //! The client role: one process, one current-thread runtime, many raw TCP
-//! SSE connections. Raw TCP with a minimal HTTP/1.1 + chunked + SSE parser
+//! connections speaking one transport (`FANOUT_TRANSPORT`): SSE (default),
+//! WebSocket (`ws`: RFC 6455 frames, pongs to pings) or long-poll
+//! (`longpoll`: one request at a time, `since` the last id, keep-alive).
+//! Raw TCP with minimal HTTP/1.1, chunked, SSE and WebSocket parsers
 //! rather than reqwest so that the clients, which share the machine's two
 //! cores with the server under test, cost as little CPU as possible.
 //!
@@ -107,6 +110,26 @@ struct Cfg {
     /// Ready once the first SSE event arrived (patchfeed's snapshot), not
     /// only the response head (nchan sends nothing until a message).
     wait_first_event: bool,
+    transport: Transport,
+}
+
+/// How a connection reads the feed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Sse,
+    Ws,
+    LongPoll,
+}
+
+impl Transport {
+    pub fn parse(s: &str) -> Transport {
+        match s {
+            "sse" => Transport::Sse,
+            "ws" => Transport::Ws,
+            "longpoll" => Transport::LongPoll,
+            other => panic!("unknown transport {other:?}: sse, ws or longpoll"),
+        }
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -131,6 +154,7 @@ pub fn main() {
         sched: std::cell::Cell::new(None),
         replay: env("FANOUT_REPLAY").is_some(),
         wait_first_event: env("FANOUT_WAIT_FIRST_EVENT").is_some(),
+        transport: Transport::parse(&env("FANOUT_TRANSPORT").unwrap_or_else(|| "sse".into())),
     });
     let conns: u64 = env("FANOUT_CONNS").unwrap().parse().unwrap();
     let deadline = Duration::from_secs(env("FANOUT_DEADLINE_SECS").unwrap().parse().unwrap());
@@ -256,6 +280,13 @@ async fn connection(
         }
     };
     let _ = sock.set_nodelay(true);
+    match cfg.transport {
+        Transport::Sse => {}
+        Transport::Ws => return ws_connection(cfg, totals, shared, permit, sock).await,
+        Transport::LongPoll => {
+            return long_poll_connection(cfg, totals, shared, permit, sock).await
+        }
+    }
     let mut req = format!(
         "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
         cfg.path
@@ -402,6 +433,271 @@ async fn connection(
         // Once done, keep reading (and discarding) until the parent stops
         // us, so the server never sees a disconnect mid-measurement.
         body.drain(..at);
+    }
+    if !c.shared.done.get() {
+        totals.borrow_mut().dropped += 1;
+    }
+}
+
+fn new_conn(shared: Rc<Shared>) -> Conn {
+    Conn {
+        shared,
+        last_id: Vec::new(),
+        ready: false,
+        id: Vec::new(),
+        event: Vec::new(),
+        data: Vec::new(),
+    }
+}
+
+/// Hands one JSON message (`{"type":…,"id":…,"data":…}`, as the WebSocket
+/// and long-poll carry it) to [`dispatch`]: its type as the event name, its
+/// id, and the message itself as the data (`seq` and `t_ns` are found in
+/// it as in an SSE frame's data).
+fn dispatch_json(cfg: &Cfg, c: &mut Conn, totals: &RefCell<Totals>, now: u64, msg: &[u8]) {
+    let field = |key: &[u8]| -> Vec<u8> {
+        let Some(at) = find(msg, key) else {
+            return Vec::new();
+        };
+        let rest = &msg[at + key.len()..];
+        let end = rest.iter().position(|b| *b == b'"').unwrap_or(0);
+        rest[..end].to_vec()
+    };
+    c.event = field(b"\"type\":\"");
+    c.id = field(b"\"id\":\"");
+    c.data.clear();
+    c.data.extend_from_slice(msg);
+    dispatch(cfg, c, totals, now);
+}
+
+/// Reads a response head (status line and headers) from `sock` into
+/// `raw`; returns the status, the headers in lower case, and leaves the
+/// bytes after the head in `raw`. `None` if the socket ended first.
+async fn read_head(
+    sock: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    totals: &RefCell<Totals>,
+) -> Option<(u16, String)> {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = find(raw, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            raw.drain(..end + 4);
+            let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+            return Some((status, head));
+        }
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => {
+                totals.borrow_mut().bytes += n as u64;
+                raw.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// A whole chunked body read from `sock` (after the head, `raw` holding
+/// what was read past it); `None` if the socket ended first.
+async fn read_chunked(
+    sock: &mut TcpStream,
+    raw: &mut Vec<u8>,
+    totals: &RefCell<Totals>,
+) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        // Every whole chunk in `raw`.
+        while let Some(e) = find(raw, b"\r\n") {
+            let hex = raw[..e].split(|b| *b == b';').next().unwrap_or(b"");
+            let size = usize::from_str_radix(std::str::from_utf8(hex).ok()?.trim(), 16).ok()?;
+            if raw.len() < e + 2 + size + 2 {
+                break;
+            }
+            body.extend_from_slice(&raw[e + 2..e + 2 + size]);
+            raw.drain(..e + 2 + size + 2);
+            if size == 0 {
+                return Some(body);
+            }
+        }
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => {
+                totals.borrow_mut().bytes += n as u64;
+                raw.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+}
+
+/// A WebSocket session: the handshake, then one JSON message per text
+/// frame; pings are answered (a masked, empty pong), so the server keeps
+/// an idle session.
+async fn ws_connection(
+    cfg: Rc<Cfg>,
+    totals: Rc<RefCell<Totals>>,
+    shared: Rc<Shared>,
+    mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    mut sock: TcpStream,
+) {
+    let mut req = format!(
+        "GET {} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        cfg.path
+    );
+    if let Some(id) = &cfg.last_event_id {
+        req.push_str(&format!("Last-Event-ID: {id}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut raw = Vec::with_capacity(4096);
+    if sock.write_all(req.as_bytes()).await.is_err() {
+        totals.borrow_mut().failed += 1;
+        return;
+    }
+    match read_head(&mut sock, &mut raw, &totals).await {
+        Some((101, _)) => totals.borrow_mut().ok += 1,
+        _ => {
+            totals.borrow_mut().failed += 1;
+            return;
+        }
+    }
+    let mut c = new_conn(shared);
+    let mut buf = vec![0u8; 16 * 1024];
+    'read: loop {
+        let now = now_ns();
+        // Every whole frame in `raw`.
+        loop {
+            if raw.len() < 2 {
+                break;
+            }
+            let opcode = raw[0] & 0x0f;
+            let (len, at) = match raw[1] & 0x7f {
+                126 if raw.len() >= 4 => (usize::from(u16::from_be_bytes([raw[2], raw[3]])), 4),
+                127 if raw.len() >= 10 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&raw[2..10]);
+                    (u64::from_be_bytes(b) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (usize::from(n), 2),
+            };
+            if raw.len() < at + len {
+                break;
+            }
+            let payload: Vec<u8> = raw[at..at + len].to_vec();
+            raw.drain(..at + len);
+            match opcode {
+                1 => {
+                    dispatch_json(&cfg, &mut c, &totals, now, &payload);
+                    if c.ready && permit.is_some() {
+                        permit.take();
+                    }
+                }
+                // A ping: the pong carries its payload, masked (with a
+                // zero mask, which leaves it as it is).
+                9 if payload.len() < 126 => {
+                    let mut pong = vec![0x8a, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+                    pong.extend_from_slice(&payload);
+                    if sock.write_all(&pong).await.is_err() {
+                        break 'read;
+                    }
+                }
+                8 => break 'read,
+                _ => {}
+            }
+        }
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                totals.borrow_mut().bytes += n as u64;
+                raw.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    if !c.shared.done.get() {
+        totals.borrow_mut().dropped += 1;
+    }
+}
+
+/// Long-poll: a fresh request (the snapshot), then one request at a time
+/// with `since` = the answer's `last_event_id`, each waiting up to 60 s,
+/// on one keep-alive connection.
+async fn long_poll_connection(
+    cfg: Rc<Cfg>,
+    totals: Rc<RefCell<Totals>>,
+    shared: Rc<Shared>,
+    mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    mut sock: TcpStream,
+) {
+    let mut c = new_conn(shared);
+    let mut since = cfg.last_event_id.clone();
+    let mut raw = Vec::with_capacity(4096);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut first = true;
+    // Bounded: the process ends at its deadline or when told to stop.
+    loop {
+        let query = match &since {
+            Some(s) => format!("?since={s}&timeout=60000&limit=1000"),
+            None => "?timeout=60000".to_owned(),
+        };
+        let req = format!(
+            "GET {}{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            cfg.path
+        );
+        if sock.write_all(req.as_bytes()).await.is_err() {
+            break;
+        }
+        let Some((status, head)) = read_head(&mut sock, &mut raw, &totals).await else {
+            break;
+        };
+        if status != 200 {
+            if first {
+                totals.borrow_mut().failed += 1;
+                return;
+            }
+            break;
+        }
+        if first {
+            totals.borrow_mut().ok += 1;
+            first = false;
+        }
+        // An answer at once has a length; one that waited is chunked
+        // (its head went out first).
+        let body = if head.contains("transfer-encoding: chunked") {
+            match read_chunked(&mut sock, &mut raw, &totals).await {
+                Some(b) => b,
+                None => break,
+            }
+        } else {
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            while raw.len() < len {
+                match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        totals.borrow_mut().bytes += n as u64;
+                        raw.extend_from_slice(&buf[..n]);
+                    }
+                }
+            }
+            if raw.len() < len {
+                break;
+            }
+            raw.drain(..len).collect()
+        };
+        let now = now_ns();
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            break;
+        };
+        for m in v["events"].as_array().into_iter().flatten() {
+            let msg = serde_json::to_vec(m).unwrap_or_default();
+            dispatch_json(&cfg, &mut c, &totals, now, &msg);
+        }
+        if c.ready && permit.is_some() {
+            permit.take();
+        }
+        since = v["last_event_id"].as_str().map(str::to_owned).or(since);
     }
     if !c.shared.done.get() {
         totals.borrow_mut().dropped += 1;

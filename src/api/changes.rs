@@ -18,10 +18,9 @@ use axum::Router;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
 
-use super::events::{resume, stream_response, ResumeQuery};
+use super::events::{resume, stream_response, PathQuery, ResumeQuery};
 use super::{ApiError, AppState, Known, Q};
 use crate::feed::{Feed, Message};
-use crate::model::ResourceId;
 use crate::transport::json;
 
 /// Long-poll wait when the request names none, and the most it may ask.
@@ -43,6 +42,8 @@ struct ChangesQuery {
     limit: Option<String>,
     #[serde(flatten)]
     resume: ResumeQuery,
+    #[serde(flatten)]
+    path: PathQuery,
 }
 
 async fn get_changes(
@@ -52,6 +53,7 @@ async fn get_changes(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let from = resume(&headers, &q.resume)?;
+    let path = q.path.pointer()?;
     match q.feed.as_deref().unwrap_or("longpoll") {
         "longpoll" => {
             let timeout = bounded(
@@ -70,11 +72,11 @@ async fn get_changes(
             )?;
             // `limit` ≤ MAX_LIMIT, so it fits a usize.
             let limit = usize::try_from(limit).unwrap_or(MAX_LIMIT);
-            let feed = state.service.subscribe_once(&id, from, limit)?;
-            long_poll(&state, &id, feed, Duration::from_millis(timeout), limit).await
+            let feed = state.service.subscribe_once(&id, from, limit, path)?;
+            long_poll(&state, feed, Duration::from_millis(timeout), limit).await
         }
         "continuous" => {
-            let feed = state.service.subscribe(&id, from)?;
+            let feed = state.service.subscribe_subtree(&id, from, path)?;
             Ok(ndjson(feed))
         }
         other => Err(ApiError::BadRequest(format!(
@@ -105,39 +107,51 @@ fn bounded(
 /// Answers with what follows the resume point at once, else with the first
 /// thing that happens within `timeout` (an event, or a new upstream error),
 /// else with no events (and the upstream's current error, if it is
-/// failing). `last_event_id` is the last message's id, or the newest event
-/// at or before the point: when nothing follows the point, that is the head.
+/// failing). `last_event_id` is the last message's id, or else the feed's
+/// cursor: the newest event at or before the point when nothing follows it
+/// (the head), and past the events a subtree feed left out. Read from the
+/// feed, not the store, so an event appended after the wait ended is not
+/// skipped by the next request.
 async fn long_poll(
     state: &AppState,
-    id: &ResourceId,
     mut feed: Feed,
     timeout: Duration,
     limit: usize,
 ) -> Result<Response, ApiError> {
-    let mut batch = feed.next().await.unwrap_or_default();
-    if !batch.iter().any(|m| json::id(m).is_some()) {
+    let batch = feed.next().await.unwrap_or_default();
+    if batch.iter().any(|m| json::id(m).is_some()) {
+        let body = answer(&feed, batch, limit);
+        return Ok(json_response(Body::from(body)));
+    }
+    // Nothing yet: the head goes out now and the answer when something
+    // happens. `limits.request_timeout` bounds the time to a response head,
+    // so a wait the client may ask for (up to 60 s) is never cut into a 408.
+    let service = state.service.clone();
+    let body = futures_util::stream::once(async move {
         let deadline = tokio::time::Instant::now() + timeout;
-        batch = loop {
+        let batch = loop {
             match tokio::time::timeout_at(deadline, feed.next()).await {
                 // Ended: deleted or shutting down; the next request says which.
                 Ok(None) => break Vec::new(),
                 Ok(Some(b)) if b.iter().all(|m| matches!(m, Message::KeepAlive)) => continue,
                 Ok(Some(b)) => break b,
                 Err(_) => {
-                    break state
-                        .service
-                        .last_error(id)
+                    break service
+                        .last_error(feed.resource())
                         .map(|e| vec![Message::Error(std::sync::Arc::new(e))])
                         .unwrap_or_default();
                 }
             }
         };
-    }
+        Ok::<Bytes, std::convert::Infallible>(answer(&feed, batch, limit))
+    });
+    Ok(json_response(Body::from_stream(body)))
+}
+
+/// The long-poll answer of `batch` (at most `limit` messages).
+fn answer(feed: &Feed, mut batch: Vec<Message>, limit: usize) -> Bytes {
     batch.truncate(limit);
-    let last = match batch.iter().rev().find_map(json::id) {
-        Some(last) => Some(last),
-        None => state.service.head_id(id)?,
-    };
+    let last = batch.iter().rev().find_map(json::id).or(feed.cursor());
     let mut out = BytesMut::with_capacity(64 + batch.len() * 64);
     out.put_slice(b"{\"events\":[");
     let mut first = true;
@@ -156,7 +170,11 @@ async fn long_poll(
         None => out.put_slice(b"null"),
     }
     out.put_u8(b'}');
-    Ok((
+    out.freeze()
+}
+
+fn json_response(body: Body) -> Response {
+    (
         [
             (
                 header::CONTENT_TYPE,
@@ -164,9 +182,9 @@ async fn long_poll(
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        out.freeze(),
+        body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// One message per line; an empty line as heartbeat. Ends with the feed

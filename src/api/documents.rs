@@ -15,6 +15,7 @@ use bytes::{BufMut, BytesMut};
 
 use serde::Deserialize;
 
+use super::events::PathQuery;
 use super::{ApiError, AppState, Known, Q};
 use crate::model::Point;
 use crate::service::Document;
@@ -48,11 +49,21 @@ async fn get_document(
     State(state): State<AppState>,
     Known(id): Known,
     Q(q): Q<DocumentQuery>,
+    Q(p): Q<PathQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let at = point("at", q.at.as_deref())?;
+    let path = p.pointer()?;
     let shown = || q.at.clone().unwrap_or_else(|| "now".into());
-    let (event, json) = match state.service.document(&id, at).await? {
+    let document = match &path {
+        None => state.service.document(&id, at).await?,
+        Some(path) => state
+            .service
+            .document_subtree(&id, at, path)
+            .await?
+            .ok_or_else(|| ApiError::PathNotFound(path.as_str().to_owned()))?,
+    };
+    let (event, json) = match document {
         Document::Found { id, json } => (id, json),
         Document::NotYet => return Err(ApiError::NotYet(shown())),
         Document::Compacted { horizon } => {
@@ -98,7 +109,9 @@ async fn get_history(
     State(state): State<AppState>,
     Known(id): Known,
     Q(q): Q<HistoryQuery>,
+    Q(p): Q<PathQuery>,
 ) -> Result<Response, ApiError> {
+    let path = p.pointer()?;
     let after = point("after", q.after.as_deref())?;
     let before = point("before", q.before.as_deref())?;
     let limit = match q.limit.as_deref() {
@@ -112,7 +125,16 @@ async fn get_history(
             }
         },
     };
-    match state.service.history(&id, after, before, limit).await? {
+    let history = match &path {
+        None => state.service.history(&id, after, before, limit).await?,
+        Some(path) => {
+            state
+                .service
+                .history_subtree(&id, after, before, limit, path)
+                .await?
+        }
+    };
+    match history {
         History::Events { events, next_after } => {
             // Patches are stored as JSON text: splice them in unparsed.
             let mut out = BytesMut::with_capacity(

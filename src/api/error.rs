@@ -75,6 +75,12 @@ pub enum ApiError {
     /// A well-formed webhook body with a bad field.
     #[error("{0}")]
     InvalidWebhook(String),
+    /// `?path=` is not a JSON Pointer.
+    #[error("invalid path: {0}")]
+    InvalidPath(String),
+    /// `document?path=`: the document has no value at the pointer.
+    #[error("the document has no value at path {0:?}")]
+    PathNotFound(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -85,7 +91,8 @@ impl ApiError {
             ApiError::ResourceNotFound(_)
             | ApiError::NotFound
             | ApiError::NotYet(_)
-            | ApiError::WebhookNotFound(_) => StatusCode::NOT_FOUND,
+            | ApiError::WebhookNotFound(_)
+            | ApiError::PathNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::WebhookExists(_) => StatusCode::CONFLICT,
             ApiError::InvalidWebhook(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -96,7 +103,7 @@ impl ApiError {
             ApiError::PatchFailed(_) | ApiError::TooDeep(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidResource(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Compacted { .. } => StatusCode::GONE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -135,6 +142,8 @@ impl ApiError {
             ApiError::WebhookNotFound(_) => "webhook_not_found",
             ApiError::WebhookExists(_) => "webhook_exists",
             ApiError::InvalidWebhook(_) => "invalid_webhook",
+            ApiError::InvalidPath(_) => "invalid_path",
+            ApiError::PathNotFound(_) => "path_not_found",
             ApiError::Internal(_) => "internal",
         }
     }

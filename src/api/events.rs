@@ -11,6 +11,7 @@ use axum::Router;
 
 use super::documents::point;
 use super::{ApiError, AppState, Known, Q};
+use crate::feed::subtree::Pointer;
 use crate::feed::Resume;
 use crate::model::{is_overflowing_ulid, parse_ulid, ResourceId};
 use crate::transport::sse::{self, Flavor};
@@ -29,6 +30,28 @@ pub(crate) struct ResumeQuery {
     #[serde(rename = "lastEventId")]
     last_event_id_camel: Option<String>,
     since: Option<String>,
+}
+
+/// `?path=<JSON Pointer>`: a subtree of the document.
+#[derive(Default, serde::Deserialize)]
+pub(crate) struct PathQuery {
+    path: Option<String>,
+}
+
+impl PathQuery {
+    /// The pointer asked for (`None`: the whole document, also for
+    /// `path=`), or a 400 `invalid_path`.
+    pub(crate) fn pointer(&self) -> Result<Option<Pointer>, ApiError> {
+        let Some(raw) = self.path.as_deref() else {
+            return Ok(None);
+        };
+        Pointer::parse(raw).map_err(|e| {
+            ApiError::InvalidPath(format!(
+                "{:?}: {e}",
+                raw.chars().take(80).collect::<String>()
+            ))
+        })
+    }
 }
 
 /// The resume point of a request, or a 400 naming the bad value.
@@ -73,10 +96,18 @@ async fn stream_events(
     State(state): State<AppState>,
     Known(id): Known,
     Q(q): Q<ResumeQuery>,
+    Q(p): Q<PathQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let resume = resume(&headers, &q)?;
-    Ok(sse_response(&state, id, resume, Flavor::Native))
+    let path = p.pointer()?;
+    Ok(sse_subtree_response(
+        &state,
+        id,
+        resume,
+        Flavor::Native,
+        path,
+    ))
 }
 
 /// An SSE response for `id`: the service subscribes before anything is
@@ -87,10 +118,27 @@ pub(crate) fn sse_response(
     resume: Resume,
     flavor: Flavor,
 ) -> Response {
-    let feed = match state.service.subscribe(&id, resume) {
-        Ok(feed) => feed,
-        Err(e) => return ApiError::from(e).into_response(),
-    };
+    match state.service.subscribe(&id, resume) {
+        Ok(feed) => sse_body(state, feed, flavor),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// [`sse_response`] of the value at `path` (`None`: the whole document).
+pub(crate) fn sse_subtree_response(
+    state: &AppState,
+    id: ResourceId,
+    resume: Resume,
+    flavor: Flavor,
+    path: Option<Pointer>,
+) -> Response {
+    match state.service.subscribe_subtree(&id, resume, path) {
+        Ok(feed) => sse_body(state, feed, flavor),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn sse_body(state: &AppState, feed: crate::feed::Feed, flavor: Flavor) -> Response {
     let body = sse::stream(feed, flavor, RETRY_MS, state.service.metrics().clone());
     stream_response(Body::from_stream(body), "text/event-stream")
 }

@@ -22,13 +22,15 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::events::{resume, ResumeQuery};
+use super::events::{resume, PathQuery, ResumeQuery};
 use super::{ApiError, AppState, Known, Q};
 use crate::feed::Feed;
 use crate::transport::json;
 
 /// Largest frame a client may send (its frames are ignored anyway).
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
+/// Bytes read from a client socket at a time.
+const READ_CHUNK: usize = 4 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/resources/{id}/ws", get(get_ws))
@@ -38,17 +40,23 @@ async fn get_ws(
     State(state): State<AppState>,
     Known(id): Known,
     Q(q): Q<ResumeQuery>,
+    Q(p): Q<PathQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let from = resume(&headers, &q)?;
+    let path = p.pointer()?;
     let slot = state
         .service
         .ws_slot()
         .ok_or(ApiError::TooManyConnections)?;
-    let feed = state.service.subscribe(&id, from)?;
+    let feed = state.service.subscribe_subtree(&id, from, path)?;
     let keep_alive = state.service.keep_alive();
     Ok(upgrade
+        // tungstenite reads in chunks of 128 KiB by default, allocated per
+        // session: 129 KB of RSS per idle socket (benches/fanout). Client
+        // frames are ignored; larger ones still arrive over several reads.
+        .read_buffer_size(READ_CHUNK)
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
         .on_upgrade(move |socket| async move {

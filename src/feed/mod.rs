@@ -8,12 +8,21 @@
 //! or an event whose `prev` is past the cursor (pushpin's prev-id). A
 //! resume point the log cannot serve gets a snapshot. The feed ends by
 //! itself on shutdown and when the resource is deleted.
+//!
+//! A feed built [`Feed::with_subtree`] streams the value at one JSON
+//! Pointer instead (`subtree`): the same cursor and ids, snapshots of that
+//! value, each event rewritten relative to it and left out where it does
+//! not change it. Live events are rewritten once per pointer and shared;
+//! catch-up replays the log onto the document as of the cursor.
+
+pub mod subtree;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde_json::Value;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -22,7 +31,8 @@ use ulid::Ulid;
 use crate::hub::{Notice, Published, UpstreamError};
 use crate::metrics::Metrics;
 use crate::model::{Event, EventId, Point, ResourceId};
-use crate::store::{ReadAfter, Store, StoreError};
+use crate::store::{At, ReadAfter, Store, StoreError};
+use subtree::{Pointer, Versions, VersionsGuard};
 
 /// Where a subscriber starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +96,16 @@ pub enum Message {
     KeepAlive,
 }
 
+/// What a live event is to a feed.
+enum Live {
+    /// Send this (the event, or its rewritten form for a subtree).
+    Send(Arc<crate::hub::Published>),
+    /// It does not touch the feed's subtree.
+    Skip,
+    /// The documents it needs are no longer kept: read it from the log.
+    FromLog,
+}
+
 /// The keep-alive timer's period: half the promised interval, so that a
 /// tick that finds nothing sent since the one before it yields a heartbeat
 /// at most `keep_alive` after the last message. Re-arming a timer per
@@ -115,6 +135,19 @@ pub struct Feed {
     /// Created once: a `cancelled()` future made per event (and dropped)
     /// takes the token's lock twice per message for every subscriber.
     shutdown: std::pin::Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Set for a subtree feed (`?path=`).
+    subtree: Option<Box<Subtree>>,
+}
+
+/// What a subtree feed adds to the cursor.
+struct Subtree {
+    pointer: Pointer,
+    /// Keeps the resource's newest documents at hand while this feed lives.
+    versions: VersionsGuard,
+    /// The whole document as of the cursor, when known: the "before" of
+    /// the next event. In live delivery it is the hub's shared `Arc`; in
+    /// catch-up, the feed's own copy, patched event by event.
+    base: Option<(Ulid, Arc<Value>)>,
 }
 
 impl Feed {
@@ -146,7 +179,37 @@ impl Feed {
             keep_alive,
             sent: true,
             shutdown,
+            subtree: None,
         }
+    }
+
+    /// This feed narrowed to the value at `pointer` (`versions`: the
+    /// resource's, from `Hub::versions`). Every transport gets the subtree
+    /// from here.
+    pub fn with_subtree(mut self, pointer: Pointer, versions: &Arc<Versions>) -> Feed {
+        let versions = versions.watch();
+        // The head as of now, so the first live event finds its "before".
+        if let Ok(Some(head)) = self.ctx.store.head(&self.id) {
+            versions.versions().record(head.id, &head.doc);
+        }
+        self.subtree = Some(Box::new(Subtree {
+            pointer,
+            versions,
+            base: None,
+        }));
+        self
+    }
+
+    /// The resource this feed follows.
+    pub fn resource(&self) -> &ResourceId {
+        &self.id
+    }
+
+    /// Every event with id ≤ this is delivered or covered (for a subtree
+    /// feed, also those left out because they did not touch it); `None`
+    /// before the first snapshot.
+    pub fn cursor(&self) -> Option<EventId> {
+        self.cursor.map(EventId)
     }
 
     /// Whether the server is shutting down (an ended feed ended for that,
@@ -183,7 +246,8 @@ impl Feed {
                 if self.ctx.shutdown.is_cancelled() {
                     return None;
                 }
-                if let Some(batch) = self.catch_up().await {
+                // A subtree feed's page may hold nothing for it.
+                if let Some(batch) = self.catch_up().await.filter(|b| !b.is_empty()) {
                     return Some(batch);
                 }
                 if self.done {
@@ -205,8 +269,13 @@ impl Feed {
                             continue;
                         }
                         if p.prev.is_none_or(|prev| prev.0 <= cursor) {
-                            self.cursor = Some(p.event.id.0);
-                            return Some(vec![Message::Live(p)]);
+                            match self.live(p) {
+                                Live::Send(p) => return Some(vec![Message::Live(p)]),
+                                Live::Skip => continue,
+                                // Its documents are gone: the log has them.
+                                Live::FromLog => self.catching_up = true,
+                            }
+                            continue;
                         }
                         // Something between the cursor and this event did
                         // not reach us: the log has it.
@@ -274,10 +343,16 @@ impl Feed {
                 self.cursor = Some(head.id.0);
                 self.catching_up = false;
                 Metrics::inc(&self.ctx.metrics.sse_snapshots);
-                Some(Message::Snapshot {
-                    id: head.id,
-                    json: head.json,
-                })
+                let json = match &mut self.subtree {
+                    Some(sub) => {
+                        sub.versions.versions().record(head.id, &head.doc);
+                        let json = sub.pointer.snapshot(&head.doc);
+                        sub.base = Some((head.id.0, head.doc));
+                        json
+                    }
+                    None => head.json,
+                };
+                Some(Message::Snapshot { id: head.id, json })
             }
             Ok(None) => None,
             Err(e) => {
@@ -309,6 +384,9 @@ impl Feed {
                     .metrics
                     .sse_catchup_events
                     .fetch_add(events.len() as u64, Relaxed);
+                if self.subtree.is_some() {
+                    return self.catch_up_subtree(cursor, events).await;
+                }
                 self.cursor = Some(last.0);
                 Some(events.into_iter().map(Message::Patch).collect())
             }
@@ -318,6 +396,96 @@ impl Feed {
                 None
             }
         }
+    }
+
+    /// What a live event `p` that follows the cursor means to this feed;
+    /// moves the cursor past it unless the log must serve it.
+    fn live(&mut self, p: Arc<crate::hub::Published>) -> Live {
+        let Some(sub) = &mut self.subtree else {
+            self.cursor = Some(p.event.id.0);
+            return Live::Send(p);
+        };
+        let versions = sub.versions.versions();
+        // The document before `p` is the one as of the cursor: nothing lies
+        // between `p.prev` and `p`.
+        let before = match (&sub.base, p.prev) {
+            (_, None) => None,
+            (Some((at, doc)), Some(_)) if Some(*at) == self.cursor => Some(doc.clone()),
+            (_, Some(prev)) => match versions.get(prev) {
+                Some(doc) => Some(doc),
+                None => return Live::FromLog,
+            },
+        };
+        let Some(after) = versions.get(p.event.id) else {
+            return Live::FromLog;
+        };
+        let seen = subtree::rewrite(&p, &sub.pointer, before.as_deref(), &after);
+        sub.base = Some((p.event.id.0, after));
+        self.cursor = Some(p.event.id.0);
+        match seen {
+            Some(p) => Live::Send(p),
+            None => Live::Skip,
+        }
+    }
+
+    /// A page of catch-up for a subtree feed: `events` (after `cursor`)
+    /// replayed onto the document as of the cursor, each rewritten, those
+    /// that do not touch the subtree left out. Moves the cursor to the
+    /// page's last event.
+    async fn catch_up_subtree(&mut self, cursor: Ulid, events: Vec<Event>) -> Option<Vec<Message>> {
+        let mut base = match self.subtree.as_mut().and_then(|s| s.base.take()) {
+            Some((at, doc)) if at == cursor => doc,
+            _ => match self
+                .ctx
+                .store
+                .document_at(&self.id, Point::Id(cursor))
+                .await
+            {
+                Ok(At::Found { doc, .. }) => doc,
+                Ok(At::NotYet) => Arc::new(Value::Null),
+                // Compacted meanwhile: start again from the head.
+                Ok(At::Compacted { .. }) => return self.snapshot().map(|m| vec![m]),
+                Err(e) => {
+                    self.fail(e);
+                    return None;
+                }
+            },
+        };
+        let sub = self.subtree.as_mut()?;
+        let mut out = Vec::new();
+        for e in events {
+            let ops = match serde_json::from_slice::<json_patch::Patch>(&e.patch) {
+                Ok(ops) => ops,
+                Err(_) => {
+                    self.fail(StoreError::Corrupt {
+                        key: format!("patch of event {} of {}", e.id, self.id),
+                    });
+                    return None;
+                }
+            };
+            let before = sub.pointer.get(&base).cloned();
+            let doc = Arc::make_mut(&mut base);
+            if let Err(source) = crate::diff::apply_or_discard(doc, &ops.0) {
+                self.fail(StoreError::BadPatch { at: e.id, source });
+                return None;
+            }
+            let patch = subtree::project(
+                &sub.pointer,
+                before.as_ref(),
+                &ops.0,
+                sub.pointer.get(&base),
+            );
+            if let Some(patch) = patch {
+                out.push(Message::Patch(Event {
+                    id: e.id,
+                    // Serializing a patch cannot fail.
+                    patch: Bytes::from(serde_json::to_vec(&patch).expect("a patch serializes")),
+                }));
+            }
+            self.cursor = Some(e.id.0);
+        }
+        sub.base = self.cursor.map(|c| (c, base));
+        Some(out)
     }
 
     /// Ends the feed on a storage error (logged; a deleted resource is not

@@ -46,7 +46,7 @@ pub(crate) async fn ingest(
     };
     Metrics::inc(&metrics.events_appended);
     let event_id = event.id;
-    hub.publish(id, event, prev);
+    hub.publish_version(id, event, prev, produced(store, id, event_id));
     Ok(Some(event_id))
 }
 
@@ -67,9 +67,20 @@ pub(crate) async fn ingest_edit(
         .await?;
     if let Edited::Appended(event, prev) = &edited {
         Metrics::inc(&metrics.events_appended);
-        hub.publish(id, event.clone(), *prev);
+        let doc = produced(store, id, event.id);
+        hub.publish_version(id, event.clone(), *prev, doc);
     }
     Ok(edited)
+}
+
+/// The document event `event` produced, while it is still the head (the
+/// store's own `Arc`: no copy). Subtree feeds need it; when another append
+/// got in first, they read the log instead.
+fn produced(store: &Store, id: &ResourceId, event: EventId) -> Option<Arc<Value>> {
+    match store.head(id) {
+        Ok(Some(head)) if head.id == event => Some(head.doc),
+        _ => None,
+    }
 }
 
 /// The least time from the start of one poll to the start of a poll that a

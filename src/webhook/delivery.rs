@@ -12,6 +12,7 @@ use futures_util::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::{lock, Attempt, Hook, Manager};
+use crate::feed::subtree::Pointer;
 use crate::feed::{Feed, Message, Resume};
 use crate::metrics::Metrics;
 use crate::model::{now_ms, Cursor, EventId, Point, ResourceId, Start};
@@ -93,17 +94,25 @@ impl Worker {
         Ok((Resume::Since(since), prev))
     }
 
-    /// The one place a webhook's feed is made.
-    ///
-    /// PATH: the webhook's `path` (`WebhookSpec::path`, validated and
-    /// stored) is not applied yet; once the feed takes a subtree (issue
-    /// 12's `?path=`), pass it here and the messages, `prev` and the
-    /// coalesced patches follow that subtree.
+    /// The one place a webhook's feed is made: with the webhook's `path`,
+    /// the feed of that subtree, so the messages, `prev` (the previous
+    /// message sent) and the coalesced patches follow it.
     fn open_feed(&self, resume: Resume) -> Feed {
         let rx = self.mgr.hub.subscribe(&self.resource);
         let mut ctx = self.mgr.feed.clone();
         ctx.shutdown = self.token.clone();
-        Feed::new(ctx, self.resource.clone(), rx, resume, None)
+        let feed = Feed::new(ctx, self.resource.clone(), rx, resume, None);
+        match self.pointer() {
+            Some(p) => feed.with_subtree(p, &self.mgr.hub.versions(&self.resource)),
+            None => feed,
+        }
+    }
+
+    /// The webhook's `path`, parsed (it was validated when the webhook was
+    /// made; `None` also for `""`, the whole document).
+    fn pointer(&self) -> Option<Pointer> {
+        let path = lock(&self.hook.record).spec.path.clone()?;
+        Pointer::parse(&path).ok().flatten()
     }
 
     pub(crate) async fn run(mut self) {
@@ -144,7 +153,10 @@ impl Worker {
                     }
                 }
                 Message::Live(p) => {
-                    let prev = p.prev.or(self.prev);
+                    // The previous message sent: the event before this one
+                    // without a path (the feed is gap-free), the last one
+                    // that touched the subtree with one.
+                    let prev = self.prev.or(p.prev);
                     self.message("patch", p.event.id, prev, &p.event.patch)
                 }
                 // Upstream errors are not events: nothing to deliver.
@@ -271,7 +283,12 @@ impl Worker {
             return None;
         }
         let patches: Vec<Bytes> = events.iter().map(|e| e.patch.clone()).collect();
-        let start = (*doc).clone();
+        // With a path, the events' patches are relative to the value at
+        // the pointer (null where it does not exist), as the messages are.
+        let start = match self.pointer() {
+            Some(p) => p.get(&doc).cloned().unwrap_or(serde_json::Value::Null),
+            None => (*doc).clone(),
+        };
         tokio::task::spawn_blocking(move || {
             let mut doc = start.clone();
             for p in patches {

@@ -19,8 +19,6 @@ pub const MAX_RESOURCES: usize = 10_000;
 /// Most extra headers, and the longest value.
 pub const MAX_HEADERS: usize = 32;
 const MAX_HEADER_VALUE: usize = 4096;
-/// Longest `path`.
-const MAX_PATH: usize = 1024;
 
 /// Headers a webhook may not set: hop-by-hop ones, those the request's
 /// framing owns, and the signature's.
@@ -90,21 +88,6 @@ pub fn parse_from(v: &FromValue, now_ok: bool) -> Result<Start, String> {
     }
 }
 
-/// Whether `p` is a JSON Pointer (RFC 6901): empty, or `/`-separated
-/// tokens in which `~` is only ever `~0` or `~1`.
-pub fn is_json_pointer(p: &str) -> bool {
-    if p.is_empty() {
-        return true;
-    }
-    if !p.starts_with('/') {
-        return false;
-    }
-    let b = p.as_bytes();
-    b.iter()
-        .enumerate()
-        .all(|(i, &c)| c != b'~' || matches!(b.get(i + 1), Some(b'0' | b'1')))
-}
-
 /// Checks every field, in the order of the contract's body, and applies
 /// the defaults (a generated id and secret). The boolean says whether the
 /// secret was given.
@@ -163,11 +146,13 @@ pub fn validate(input: WebhookInput) -> Result<(WebhookSpec, bool), SettingsErro
         Resources::List(ids)
     };
     if let Some(p) = &input.path {
-        if p.len() > MAX_PATH || !is_json_pointer(p) {
+        // The feed's own parser: a path accepted here is one the feed
+        // follows.
+        if let Err(e) = crate::feed::subtree::Pointer::parse(p) {
             return Err(err(
                 "path",
                 format!(
-                    "{:?} is not a JSON Pointer (\"\" or \"/a/b\", with ~0 and ~1 the only escapes)",
+                    "{:?} is not a JSON Pointer (\"\" or \"/a/b\", with ~0 and ~1 the only escapes): {e}",
                     p.chars().take(80).collect::<String>()
                 ),
             ));

@@ -333,3 +333,39 @@ async fn ndjson_snapshot_patches_heartbeats_errors_and_the_end_on_delete() {
         assert!(n < 1000, "the stream does not end on delete");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_may_wait_longer_than_the_request_timeout() {
+    let up = Upstream::start(doc(0)).await;
+    let s = Server::start(&config(
+        &[("r", &up.url())],
+        "[limits]\nrequest_timeout = \"1s\"\n",
+    ));
+    s.wait_document("r", &doc(0)).await;
+    let head = s.history_ids("r").await.pop().unwrap();
+    // Waits 2.5 s, past the 1 s request timeout: answered empty, not 408.
+    let started = std::time::Instant::now();
+    let a = poll(&s, &format!("since={head}&timeout=2500")).await;
+    assert_eq!(a, (200, json!({"events": [], "last_event_id": head})));
+    assert!(started.elapsed() >= Duration::from_millis(2400));
+    // And a change after the request timeout still answers the wait.
+    let waiting = {
+        let url = s.url(&format!(
+            "/v1/resources/r/changes?since={head}&timeout=20000"
+        ));
+        tokio::spawn(async move {
+            let r = client()
+                .get(url)
+                .timeout(Duration::from_secs(40))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    up.set(doc(1));
+    let (st, b) = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["events"][0]["type"], "patch", "{b}");
+}

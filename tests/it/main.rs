@@ -17,6 +17,7 @@ mod pages;
 mod paused;
 mod store_integrity;
 mod stream;
+mod subtree;
 mod support;
 mod webhook_crash;
 mod webhooks;

@@ -387,6 +387,64 @@ async fn issue_13_coalesce_sends_one_patch_that_reproduces_the_document() {
 }
 
 #[tokio::test]
+async fn issue_13_a_path_delivers_the_subtree_plain_and_coalesced() {
+    let rx = Receiver::start().await;
+    let s = Server::start(&config(""));
+    put(&s, "a", &json!({"n": 0, "sub": {"x": 1}})).await;
+    create(
+        &s,
+        json!({"id": "plain", "url": rx.url(), "resources": ["a"], "path": "/sub"}),
+    )
+    .await;
+    let d = rx.wait_for("the snapshot", |d| !d.is_empty()).await;
+    assert_eq!(
+        (&d[0]["type"], &d[0]["data"]),
+        (&json!("snapshot"), &json!({"x": 1}))
+    );
+    // Outside the subtree: not sent. Inside: a patch relative to it, whose
+    // prev is the previous message sent (the snapshot), not the event
+    // before it in the log.
+    put(&s, "a", &json!({"n": 1, "sub": {"x": 1}})).await;
+    let e2 = put(&s, "a", &json!({"n": 1, "sub": {"x": 2}})).await;
+    let d = rx
+        .wait_for("the subtree patch", |d| {
+            d.iter().any(|m| m["id"] == json!(e2))
+        })
+        .await;
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert_eq!(d[1]["prev"], d[0]["id"]);
+    assert_eq!(
+        d[1]["data"],
+        json!([{"op": "replace", "path": "/x", "value": 2}])
+    );
+    // Coalesced: pending events of the subtree become one patch that,
+    // applied to the subtree at `from`, gives the subtree now.
+    let mut last = String::new();
+    for n in 3..=12 {
+        last = put(&s, "a", &json!({"n": n, "sub": {"x": n, "y": [n]}})).await;
+    }
+    let rx2 = Receiver::start().await;
+    create(
+        &s,
+        json!({"id": "co", "url": rx2.url(), "resources": ["a"], "path": "/sub",
+               "coalesce": true, "from": e2}),
+    )
+    .await;
+    let d = rx2
+        .wait_for("the last event", |d| {
+            d.iter().any(|m| m["id"] == json!(last))
+        })
+        .await;
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0]["prev"], json!(e2));
+    let mut sub = json!({"x": 2});
+    let p: json_patch::Patch = serde_json::from_value(d[0]["data"].clone()).unwrap();
+    json_patch::patch(&mut sub, &p).unwrap();
+    assert_eq!(sub, json!({"x": 12, "y": [12]}));
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn issue_13_delete_stops_delivery() {
     let rx = Receiver::start().await;
     let s = Server::start(&config(""));
