@@ -4,8 +4,8 @@
 //! `keep_alive`); client data frames are ignored. Closes with 1000 when the
 //! resource is deleted and 1001 on shutdown. A client that stops reading is
 //! served from the log like a slow SSE client; one that leaves a ping
-//! unanswered for two `keep_alive`s, or cannot take a frame for three, is
-//! dropped.
+//! unanswered for two `keep_alive`s, or cannot take a batch of frames for
+//! three, is dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -129,12 +129,18 @@ async fn serve(socket: WebSocket, mut feed: Feed, keep_alive: Duration) {
             last_ping = Instant::now();
             frames.push(Message::Ping(Bytes::new()));
         }
-        for frame in frames {
-            match tokio::time::timeout(send_deadline, tx.send(frame)).await {
-                Ok(Ok(())) => {}
-                // Gone, or not reading at all: drop it.
-                _ => break 'session None,
+        // The batch's frames are queued, then written with one flush (one
+        // write syscall for a batch that fits the socket), not one each.
+        let write = async {
+            for frame in frames {
+                tx.feed(frame).await?;
             }
+            tx.flush().await
+        };
+        match tokio::time::timeout(send_deadline, write).await {
+            Ok(Ok(())) => {}
+            // Gone, or not reading at all: drop it.
+            _ => break 'session None,
         }
     };
     if let Some(frame) = ending {
